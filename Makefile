@@ -1,0 +1,33 @@
+# MedSearch: `make test` and (later) `make run` set up the environment themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+
+.PHONY: install test lint format clean
+
+install: $(STAMP)
+
+# Re-run only when a dependency list changes; otherwise `make test` starts at once.
+$(STAMP): requirements-dev.txt constraints.txt $(PACKAGE_FILES)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,0 +1,159 @@
+"""The Flask app every service starts from.
+
+It gives: problem+json for every 4xx/5xx (werkzeug's own included) and for the domain
+errors a service maps to statuses; `X-Request-ID` accepted or created, returned and
+logged; one JSON access-log line a request; Prometheus `/metrics`; `/healthz`; `/readyz`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from medsearch_common.client import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from medsearch_common.context import REQUEST_ID_HEADER, accept_request_id, set_request_id
+from medsearch_common.problems import problem_response, slug_of
+
+log = logging.getLogger("medsearch.http")
+
+# A readiness check returns, per dependency, None when it is fine or why it is not.
+ReadinessCheck = Callable[[], Mapping[str, str | None]]
+
+# Where a service's own metrics register, so that `/metrics` shows them with the rest.
+METRICS_EXTENSION = "medsearch_metrics"
+
+_COMMON_ERROR_STATUSES: dict[type[Exception], int] = {
+    UpstreamUnavailable: 503,
+    UpstreamTimeout: 504,
+    UpstreamFailed: 502,
+}
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def create_service_app(
+    service: str,
+    *,
+    readiness: ReadinessCheck,
+    error_statuses: Mapping[type[Exception], int] | None = None,
+    max_content_length: int | None = None,
+) -> Flask:
+    """A Flask app with MedSearch's common behaviour; the service adds its blueprint."""
+    app = Flask(f"medsearch_{service}")
+    app.config["MAX_CONTENT_LENGTH"] = max_content_length
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    registry = CollectorRegistry()
+    app.extensions[METRICS_EXTENSION] = registry
+    requests_total = Counter(
+        "http_requests_total",
+        "HTTP requests served, by endpoint, method and status.",
+        ["endpoint", "method", "status"],
+        registry=registry,
+    )
+    request_seconds = Histogram(
+        "http_request_duration_seconds",
+        "Time to serve an HTTP request, by endpoint, method and status.",
+        ["endpoint", "method", "status"],
+        buckets=_LATENCY_BUCKETS,
+        registry=registry,
+    )
+
+    @app.before_request
+    def start_request() -> None:
+        g.started = time.perf_counter()
+        g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+        set_request_id(g.request_id)
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        request_id = g.get("request_id") or accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+        response.headers[REQUEST_ID_HEADER] = request_id
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        # The rule, not the path: it keeps label values few, and query strings (which may
+        # carry a patient ID) never reach the logs.
+        endpoint = request.url_rule.rule if request.url_rule else "<unmatched>"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        labels = (endpoint, request.method, str(response.status_code))
+        requests_total.labels(*labels).inc()
+        request_seconds.labels(*labels).observe(elapsed)
+        if endpoint not in ("/healthz", "/metrics"):
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "endpoint": endpoint,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
+            )
+        return response
+
+    @app.teardown_request
+    def forget_request_id(_exc: BaseException | None) -> None:
+        set_request_id(None)
+
+    statuses = {**_COMMON_ERROR_STATUSES, **(error_statuses or {})}
+
+    @app.errorhandler(Exception)
+    def handle_error(exc: Exception) -> Response | HTTPException:
+        if isinstance(exc, HTTPException):
+            if exc.code is None or exc.code < 400:
+                return exc  # redirects (e.g. a missing trailing slash) stay redirects
+            detail = exc.description or exc.name
+            if exc.code == 413 and app.config["MAX_CONTENT_LENGTH"]:
+                detail = f"The request is larger than {app.config['MAX_CONTENT_LENGTH']} bytes."
+            response = problem_response(exc.code, detail, title=exc.name)
+            if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+                response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+            return response
+        for exc_type in type(exc).__mro__:
+            status = statuses.get(exc_type)  # type: ignore[call-overload]
+            if status is not None:
+                if status >= 500:
+                    log.warning("dependency failure", extra={"error": str(exc), "kind": type(exc).__name__})
+                return problem_response(status, str(exc), slug=slug_of(type(exc)), **_extensions_of(exc))
+        log.exception("unhandled error")
+        return problem_response(500, "The service failed unexpectedly; the request ID is in the logs.")
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok", service=service)
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        checks = dict(readiness())
+        if all(reason is None for reason in checks.values()):
+            return jsonify(status="ready", service=service, checks={name: "ok" for name in checks})
+        failing = ", ".join(f"{name}: {reason}" for name, reason in checks.items() if reason)
+        return problem_response(
+            503,
+            f"{service} is not ready ({failing})",
+            slug="not-ready",
+            checks={name: reason or "ok" for name, reason in checks.items()},
+        )
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def metrics_registry(app: Flask) -> CollectorRegistry:
+    """The registry a service's own metrics go into."""
+    registry: CollectorRegistry = app.extensions[METRICS_EXTENSION]
+    return registry
+
+
+def _extensions_of(exc: Exception) -> dict[str, Any]:
+    """Extra problem members an error carries in its `problem_extensions` attribute."""
+    extensions = getattr(exc, "problem_extensions", None)
+    return dict(extensions) if isinstance(extensions, Mapping) else {}

@@ -1,0 +1,1 @@
+"""MedSearch catalog: the source of truth for images and their metadata."""

@@ -1,0 +1,140 @@
+"""Checking an uploaded image by its content, and making its thumbnail."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from medsearch_catalog.errors import (
+    ImageRejected,
+    NotAnImage,
+    TooManyPixels,
+    UnsupportedImageFormat,
+    UploadTooLarge,
+)
+
+# Formats the catalog keeps, by the name Pillow gives them.
+SUPPORTED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
+
+# Leading bytes of formats we recognize but do not keep, so that the error can name them.
+_OTHER_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (8, b"WEBP", "WebP"),
+    (128, b"DICM", "DICOM"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypheic", "HEIC"),
+    (0, b"%PDF", "PDF"),
+)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+    thumbnail_px: int
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """An upload that decoded completely, with what the catalog stores about it."""
+
+    data: bytes
+    sha256: str
+    mime_type: str
+    width: int
+    height: int
+    thumbnail: bytes
+    thumbnail_mime: str
+
+
+def sniff_format(data: bytes) -> str:
+    """The supported format the bytes start with; otherwise an error naming what they are."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    for offset, signature, name in _OTHER_SIGNATURES:
+        if data[offset : offset + len(signature)] == signature:
+            raise UnsupportedImageFormat(
+                f"{name} images are not supported; upload PNG or JPEG"
+            )
+    raise NotAnImage("the file is not an image: its content is neither PNG nor JPEG")
+
+
+def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
+    """Decode the whole image within the limits and make its thumbnail."""
+    if not data:
+        raise NotAnImage("the file is empty")
+    if len(data) > limits.max_bytes:
+        raise UploadTooLarge(f"the file is {len(data)} bytes; the limit is {limits.max_bytes}")
+    image_format = sniff_format(data)
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns below twice its own limit; any warning here is an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[image_format])
+            pixels = image.width * image.height
+            if pixels > limits.max_pixels:
+                raise TooManyPixels(
+                    f"the image is {image.width}x{image.height} ({pixels} pixels);"
+                    f" the limit is {limits.max_pixels} pixels"
+                )
+            image.load()
+            if image_format == "PNG":
+                # load() does not check every chunk's CRC; verify() does, on a fresh reader.
+                Image.open(io.BytesIO(data), formats=["PNG"]).verify()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise TooManyPixels(f"the image has too many pixels: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected(f"the {image_format} file is corrupt: its header cannot be read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageRejected(f"the {image_format} image is truncated or corrupt: {exc}") from None
+
+    image = ImageOps.exif_transpose(image)
+    thumbnail, thumbnail_mime = make_thumbnail(image, limits.thumbnail_px)
+    return CheckedImage(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        mime_type=SUPPORTED_FORMATS[image_format],
+        width=image.width,
+        height=image.height,
+        thumbnail=thumbnail,
+        thumbnail_mime=thumbnail_mime,
+    )
+
+
+def make_thumbnail(image: Image.Image, long_side: int) -> tuple[bytes, str]:
+    """A grayscale (or colour, for colour images) thumbnail, `long_side` px at most."""
+    shown = displayable(image)
+    shown.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if features.check("webp"):
+        shown.save(out, format="WEBP", quality=85, method=4)
+        return out.getvalue(), "image/webp"
+    shown.save(out, format="PNG", optimize=True)
+    return out.getvalue(), "image/png"
+
+
+def displayable(image: Image.Image) -> Image.Image:
+    """8-bit L or RGB: high bit depths stretched to their own range, alpha dropped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        wide = image.convert("I") if image.mode.startswith("I;16") else image
+        low, high = wide.getextrema()  # type: ignore[misc]
+        scale = 255.0 / (high - low) if high > low else 0.0
+        offset = -low * scale
+        return wide.point(lambda v: v * scale + offset).convert("L")
+    if image.mode in ("L", "1"):
+        return image.convert("L")
+    if image.mode == "LA":
+        return image.convert("L")
+    return image.convert("RGB")

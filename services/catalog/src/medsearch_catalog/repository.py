@@ -1,0 +1,333 @@
+"""The catalog's PostgreSQL store: images, their bytes and their indexing state."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from medsearch_catalog.errors import DatabaseUnavailable, ImageNotFound
+from medsearch_catalog.images import CheckedImage
+from medsearch_catalog.metadata import FIELDS, ImageMetadata
+from medsearch_catalog.migrations import apply_migrations, bundled_migrations
+
+log = logging.getLogger(__name__)
+
+INDEX_STATES = ("pending", "indexed", "failed")
+
+
+@dataclass(frozen=True)
+class IndexState:
+    state: str
+    reason: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    sha256: str
+    mime_type: str
+    width: int
+    height: int
+    byte_size: int
+    metadata: ImageMetadata
+    created_at: datetime
+    updated_at: datetime
+    index_states: dict[str, IndexState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    data: bytes
+    mime_type: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """Which images a listing returns; each tuple matches any of its values, fields combine with AND.
+
+    `index_state` with `model_id`: "pending" also matches images never indexed for that model.
+    """
+
+    dataset: tuple[str, ...] = ()
+    patient_id: tuple[str, ...] = ()
+    external_id: tuple[str, ...] = ()
+    finding: tuple[str, ...] = ()
+    sex: tuple[str, ...] = ()
+    view_position: tuple[str, ...] = ()
+    age_min: int | None = None
+    age_max: int | None = None
+    model_id: str | None = None
+    index_state: tuple[str, ...] = ()
+
+
+# Index states per model, as one JSON object, in the same query as the image rows.
+_SELECT_IMAGES = """
+SELECT i.*,
+       COALESCE((SELECT jsonb_object_agg(s.model_id, jsonb_build_object(
+                          'state', s.state, 'reason', s.reason, 'updated_at', s.updated_at))
+                 FROM index_states s WHERE s.image_id = i.id), jsonb_build_object()) AS index_states
+FROM images i
+"""
+
+_SELECT_ORIGINAL = """
+SELECT f.original AS data, i.mime_type, i.sha256
+FROM images i JOIN image_files f ON f.image_id = i.id WHERE i.id = %s
+"""
+_SELECT_THUMBNAIL = """
+SELECT f.thumbnail AS data, f.thumbnail_mime AS mime_type, i.sha256
+FROM images i JOIN image_files f ON f.image_id = i.id WHERE i.id = %s
+"""
+
+
+class ImageRepository:
+    """Every read and write of the catalog's tables; SQL is parametrized throughout."""
+
+    def __init__(self, pool: ConnectionPool, *, connection_timeout_s: float) -> None:
+        self.pool = pool
+        self.connection_timeout_s = connection_timeout_s
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    # -- connections and schema -------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """A connection in a transaction; database failures become DatabaseUnavailable."""
+        try:
+            with self.pool.connection(timeout=self.connection_timeout_s) as conn:
+                conn.row_factory = dict_row  # type: ignore[assignment]
+                with conn.transaction():
+                    yield conn  # type: ignore[misc]
+        except PoolTimeout:
+            raise DatabaseUnavailable(
+                f"PostgreSQL gave no connection within {self.connection_timeout_s:g} s"
+            ) from None
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseUnavailable(f"PostgreSQL is unavailable: {reason}") from None
+
+    @contextmanager
+    def _ready_transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        self.ensure_schema()
+        with self._transaction() as conn:
+            yield conn
+
+    def ensure_schema(self) -> None:
+        """Apply pending migrations once per process (again after a failure)."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            with self._transaction() as conn:
+                applied = apply_migrations(conn, bundled_migrations())  # type: ignore[arg-type]
+            if applied:
+                log.info("database schema migrated", extra={"versions": applied})
+            self._schema_ready = True
+
+    def check(self) -> str | None:
+        """None when the database answers and the schema is in place, else why not."""
+        try:
+            self.ensure_schema()
+            with self._transaction() as conn:
+                conn.execute("SELECT 1")
+        except DatabaseUnavailable as exc:
+            return str(exc)
+        return None
+
+    # -- images -----------------------------------------------------------------------
+
+    def add_image(self, image: CheckedImage, metadata: ImageMetadata) -> tuple[ImageRecord, bool]:
+        """Store a new image; the same bytes again return the existing image and False."""
+        with self._ready_transaction() as conn:
+            row = conn.execute(
+                """
+                INSERT INTO images (sha256, mime_type, width, height, byte_size, dataset,
+                    external_id, patient_id, study, age, sex, view_position, findings, extra)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (sha256) DO NOTHING
+                RETURNING id
+                """,
+                (
+                    image.sha256,
+                    image.mime_type,
+                    image.width,
+                    image.height,
+                    len(image.data),
+                    metadata.dataset,
+                    metadata.external_id,
+                    metadata.patient_id,
+                    metadata.study,
+                    metadata.age,
+                    metadata.sex,
+                    metadata.view_position,
+                    list(metadata.findings),
+                    Jsonb(metadata.extra),
+                ),
+            ).fetchone()
+            created = row is not None
+            if row is not None:
+                conn.execute(
+                    "INSERT INTO image_files (image_id, original, thumbnail, thumbnail_mime)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (row["id"], image.data, image.thumbnail, image.thumbnail_mime),
+                )
+                image_id = row["id"]
+            else:
+                existing = conn.execute(
+                    "SELECT id FROM images WHERE sha256 = %s", (image.sha256,)
+                ).fetchone()
+                assert existing is not None  # the conflict says it exists; rows are never updated in place
+                image_id = existing["id"]
+            return self._get(conn, image_id), created
+
+    def get_image(self, image_id: int) -> ImageRecord:
+        with self._ready_transaction() as conn:
+            return self._get(conn, image_id)
+
+    def get_images(self, image_ids: Sequence[int]) -> list[ImageRecord]:
+        """The images that exist among `image_ids`, in the order asked, in one query."""
+        with self._ready_transaction() as conn:
+            rows = conn.execute(_SELECT_IMAGES + "WHERE i.id = ANY(%s)", (list(image_ids),)).fetchall()
+        by_id = {row["id"]: _record(row) for row in rows}
+        return [by_id[i] for i in dict.fromkeys(image_ids) if i in by_id]
+
+    def list_images(self, image_filter: ImageFilter, *, after_id: int, limit: int) -> list[ImageRecord]:
+        """Images matching the filter with ID > `after_id`, by ascending ID."""
+        where, params = _filter_sql(image_filter)
+        where.append(sql.SQL("i.id > %s"))
+        params.append(after_id)
+        query = sql.SQL(_SELECT_IMAGES + "WHERE {} ORDER BY i.id LIMIT %s").format(
+            sql.SQL(" AND ").join(where)
+        )
+        with self._ready_transaction() as conn:
+            rows = conn.execute(query, [*params, limit]).fetchall()
+        return [_record(row) for row in rows]
+
+    def update_metadata(self, image_id: int, changes: dict[str, Any]) -> ImageRecord:
+        """Set the given metadata fields (already validated) and return the image."""
+        assignments = [
+            sql.SQL("{} = %s").format(sql.Identifier(name)) for name in changes if name in FIELDS
+        ]
+        values = [_column_value(name, value) for name, value in changes.items() if name in FIELDS]
+        with self._ready_transaction() as conn:
+            query = sql.SQL("UPDATE images SET {}, updated_at = now() WHERE id = %s RETURNING id").format(
+                sql.SQL(", ").join(assignments)
+            )
+            if conn.execute(query, [*values, image_id]).fetchone() is None:
+                raise ImageNotFound(f"no image has ID {image_id}")
+            return self._get(conn, image_id)
+
+    def delete_image(self, image_id: int) -> None:
+        with self._ready_transaction() as conn:
+            if conn.execute("DELETE FROM images WHERE id = %s RETURNING id", (image_id,)).fetchone() is None:
+                raise ImageNotFound(f"no image has ID {image_id}")
+
+    def set_index_state(self, image_id: int, model_id: str, state: str, reason: str | None) -> IndexState:
+        with self._ready_transaction() as conn:
+            if conn.execute("SELECT 1 FROM images WHERE id = %s FOR SHARE", (image_id,)).fetchone() is None:
+                raise ImageNotFound(f"no image has ID {image_id}")
+            row = conn.execute(
+                """
+                INSERT INTO index_states (image_id, model_id, state, reason) VALUES (%s, %s, %s, %s)
+                ON CONFLICT (image_id, model_id)
+                DO UPDATE SET state = EXCLUDED.state, reason = EXCLUDED.reason, updated_at = now()
+                RETURNING state, reason, updated_at
+                """,
+                (image_id, model_id, state, reason),
+            ).fetchone()
+        assert row is not None
+        return IndexState(row["state"], row["reason"], row["updated_at"])
+
+    def get_file(self, image_id: int, *, thumbnail: bool) -> StoredFile:
+        query = _SELECT_THUMBNAIL if thumbnail else _SELECT_ORIGINAL
+        with self._ready_transaction() as conn:
+            row = conn.execute(query, (image_id,)).fetchone()
+        if row is None:
+            raise ImageNotFound(f"no image has ID {image_id}")
+        return StoredFile(bytes(row["data"]), row["mime_type"], row["sha256"])
+
+    def _get(self, conn: psycopg.Connection[dict[str, Any]], image_id: int) -> ImageRecord:
+        row = conn.execute(_SELECT_IMAGES + "WHERE i.id = %s", (image_id,)).fetchone()
+        if row is None:
+            raise ImageNotFound(f"no image has ID {image_id}")
+        return _record(row)
+
+
+def _filter_sql(image_filter: ImageFilter) -> tuple[list[sql.Composable], list[Any]]:
+    where: list[sql.Composable] = []
+    params: list[Any] = []
+    for column in ("dataset", "patient_id", "external_id", "sex", "view_position"):
+        values = getattr(image_filter, column)
+        if values:
+            where.append(sql.SQL("i.{} = ANY(%s)").format(sql.Identifier(column)))
+            params.append(list(values))
+    if image_filter.finding:
+        where.append(sql.SQL("i.findings && %s::text[]"))
+        params.append(list(image_filter.finding))
+    if image_filter.age_min is not None:
+        where.append(sql.SQL("i.age >= %s"))
+        params.append(image_filter.age_min)
+    if image_filter.age_max is not None:
+        where.append(sql.SQL("i.age <= %s"))
+        params.append(image_filter.age_max)
+    if image_filter.model_id is not None and image_filter.index_state:
+        states = list(image_filter.index_state)
+        # No row for the model means the image was never indexed with it: pending.
+        where.append(
+            sql.SQL(
+                "COALESCE((SELECT s.state FROM index_states s"
+                " WHERE s.image_id = i.id AND s.model_id = %s), 'pending') = ANY(%s)"
+            )
+        )
+        params.extend([image_filter.model_id, states])
+    return where, params
+
+
+def _column_value(name: str, value: Any) -> Any:
+    if name == "findings":
+        return list(value)
+    if name == "extra":
+        return Jsonb(value)
+    return value
+
+
+def _record(row: dict[str, Any]) -> ImageRecord:
+    return ImageRecord(
+        id=row["id"],
+        sha256=row["sha256"],
+        mime_type=row["mime_type"],
+        width=row["width"],
+        height=row["height"],
+        byte_size=row["byte_size"],
+        metadata=ImageMetadata(
+            dataset=row["dataset"],
+            external_id=row["external_id"],
+            patient_id=row["patient_id"],
+            study=row["study"],
+            age=row["age"],
+            sex=row["sex"],
+            view_position=row["view_position"],
+            findings=tuple(row["findings"]),
+            extra=row["extra"],
+        ),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        index_states={
+            model_id: IndexState(s["state"], s["reason"], datetime.fromisoformat(s["updated_at"]))
+            for model_id, s in row["index_states"].items()
+        },
+    )
