@@ -93,8 +93,10 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
             if image_format == "PNG":
                 # load() does not check every chunk's CRC; verify() does, on a fresh reader.
                 Image.open(io.BytesIO(data), formats=["PNG"]).verify()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise TooManyPixels(f"the image has too many pixels: {exc}") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise TooManyPixels(
+            f"the image has too many pixels (a possible decompression bomb); the limit is {limits.max_pixels}"
+        ) from None
     except UnidentifiedImageError:
         raise ImageRejected(f"the {image_format} file is corrupt: its header cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

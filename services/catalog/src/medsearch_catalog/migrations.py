@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+from psycopg.rows import tuple_row
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ def apply_migrations(conn: psycopg.Connection, migrations: list[Migration]) -> l
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        cursor = conn.cursor(row_factory=tuple_row)
+        done = {version for (version,) in cursor.execute("SELECT version FROM schema_migrations")}
         for migration in migrations:
             if migration.version in done:
                 continue

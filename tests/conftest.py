@@ -1,0 +1,56 @@
+"""Fixtures every test level shares: the real test data and a throwaway PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    """`../shared/data` (or MEDSEARCH_TEST_DATA): real X-rays. Missing data fails, never skips."""
+    folder = Path(os.environ.get("MEDSEARCH_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+    if not (folder / "manifest.csv").is_file():
+        pytest.fail(f"test data not found at {folder}: set MEDSEARCH_TEST_DATA or provide ../shared/data")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """A PostgreSQL server the tests may create databases on. Unreachable fails, never skips."""
+    url = os.environ.get("MEDSEARCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        with psycopg.connect(url, connect_timeout=5):
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {url} (MEDSEARCH_TEST_POSTGRES_URL): {exc}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A database made for this test session and dropped at its end."""
+    name = f"medsearch_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(postgres_admin_url)
+    info["dbname"] = name
+    yield _url_of(info)
+    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _url_of(info: dict[str, object]) -> str:
+    user = info.get("user", "postgres")
+    password = f":{info['password']}" if info.get("password") else ""
+    host = info.get("host", "127.0.0.1")
+    port = info.get("port", 5432)
+    return f"postgresql://{user}{password}@{host}:{port}/{info['dbname']}"
