@@ -1,6 +1,9 @@
 """`python -m medsearch_catalog`: serve the catalog under gunicorn."""
 
+import sys
+
 from medsearch_common.serving import WsgiApp, serve
+from medsearch_common.settings import SettingsError
 
 from medsearch_catalog.settings import CatalogSettings
 
@@ -12,7 +15,10 @@ def _load_app() -> WsgiApp:
 
 
 def main() -> None:
-    settings = CatalogSettings.from_environ()
+    try:
+        settings = CatalogSettings.from_environ()
+    except SettingsError as exc:
+        sys.exit(f"medsearch-catalog: {exc}")
     # Threads, one process: the work is PostgreSQL I/O and Pillow, which release the GIL,
     # and one process keeps /metrics whole. Scale out with more replicas.
     serve("catalog", _load_app, settings.binding, workers=1, threads=8)

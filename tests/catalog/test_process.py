@@ -1,0 +1,94 @@
+"""`python -m medsearch_catalog`: the real gunicorn process, its logs and its settings errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+
+from tests.catalog.test_api import png
+
+SECRET_PATIENT = "PATIENT-SECRET-4711"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def catalog_process(catalog: FlaskClient, database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The catalog as a gunicorn process on the session's (emptied) database."""
+    port = free_port()
+    log_path = tmp_path / "catalog.log"
+    env = {**os.environ, "MEDSEARCH_DATABASE_URL": database_url, "MEDSEARCH_PORT": str(port)}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "medsearch_catalog"], env=env, stderr=log, stdout=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        yield base, log_path
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log_path.read_text()
+
+
+def test_served_by_gunicorn_with_request_ids_and_json_logs_without_patient_ids(
+    catalog_process: tuple[str, Path],
+) -> None:
+    base, log_path = catalog_process
+    metadata = {"dataset": "proc", "patient_id": SECRET_PATIENT, "findings": ["Mass"]}
+    created = requests.post(
+        f"{base}/v1/images",
+        files={"file": ("x.png", io.BytesIO(png(7)), "image/png")},
+        data={"metadata": json.dumps(metadata)},
+        headers={"X-Request-ID": "trace-abc-123"},
+        timeout=10,
+    )
+    assert created.status_code == 201
+    assert created.headers["X-Request-ID"] == "trace-abc-123"
+    listed = requests.get(f"{base}/v1/images", params={"patient_id": SECRET_PATIENT}, timeout=10)
+    assert [item["id"] for item in listed.json()["items"]] == [created.json()["id"]]
+    generated = listed.headers["X-Request-ID"]
+    assert len(generated) == 32
+
+    metrics = requests.get(f"{base}/metrics", timeout=10).text
+    assert 'http_requests_total{endpoint="/v1/images",method="POST",status="201"} 1.0' in metrics
+
+    time.sleep(0.2)  # let the log lines reach the file
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    requests_logged = [line for line in lines if line.get("msg") == "request"]
+    assert any(line.get("request_id") == "trace-abc-123" and line["status"] == 201 for line in requests_logged)
+    assert any(line.get("request_id") == generated for line in requests_logged)
+    assert all(line["service"] == "catalog" for line in lines)
+    assert SECRET_PATIENT not in log_path.read_text()
+
+
+def test_bad_setting_stops_the_start_with_a_message_naming_the_variable() -> None:
+    env = {**os.environ, "MEDSEARCH_CATALOG_MAX_UPLOAD_BYTES": "lots"}
+    result = subprocess.run(
+        [sys.executable, "-m", "medsearch_catalog"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode != 0
+    assert "MEDSEARCH_CATALOG_MAX_UPLOAD_BYTES must be an integer" in result.stderr

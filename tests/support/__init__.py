@@ -1,0 +1,1 @@
+"""Helpers for tests: real sockets and processes, no mocks."""
