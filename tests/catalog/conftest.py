@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from psycopg import sql
 from werkzeug.test import TestResponse
 
 from medsearch_catalog.app import create_app
@@ -22,7 +23,9 @@ from medsearch_catalog.settings import CatalogSettings
 
 @pytest.fixture(scope="session")
 def catalog_settings(database_url: str) -> CatalogSettings:
-    return CatalogSettings.from_environ({"MEDSEARCH_DATABASE_URL": database_url, "MEDSEARCH_CATALOG_DB_TIMEOUT_S": "3"})
+    return CatalogSettings.from_environ(
+        {"MEDSEARCH_DATABASE_URL": database_url, "MEDSEARCH_CATALOG_DB_TIMEOUT_S": "3"}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +62,16 @@ def row_counts(database_url: str) -> dict[str, int]:
     """Rows in each catalog table: proof that a rejected request wrote nothing."""
     with psycopg.connect(database_url) as conn:
         return {
-            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+            table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[
+                0
+            ]  # type: ignore[index]
             for table in ("images", "image_files", "index_states")
         }
 
 
-def upload(client: FlaskClient, data: bytes, metadata: Any = None, *, filename: str = "x.png") -> TestResponse:
+def upload(
+    client: FlaskClient, data: bytes, metadata: Any = None, *, filename: str = "x.png"
+) -> TestResponse:
     """POST /v1/images with `data` as the file and `metadata` as JSON (text passed as is)."""
     if metadata is None:
         metadata = {"dataset": "test"}

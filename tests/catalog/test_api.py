@@ -45,7 +45,7 @@ def test_batch_fetch_returns_found_images_in_the_order_asked_in_one_database_cal
     catalog: FlaskClient, catalog_app: Any
 ) -> None:
     ids = [add(catalog, seed)["id"] for seed in range(100)]
-    wanted = list(reversed(ids[:99])) + [999_999]
+    wanted = [*reversed(ids[:99]), 999_999]
     pool = catalog_app.extensions["medsearch_catalog"].repository.pool
     pool.pop_stats()
     response = catalog.get("/v1/images", query_string={"ids": ",".join(map(str, wanted))})
@@ -62,8 +62,12 @@ def test_batch_fetch_refuses_more_than_100_ids(catalog: FlaskClient) -> None:
 
 
 def test_listing_filters_combine(catalog: FlaskClient) -> None:
-    a = add(catalog, 1, dataset="nih", patient_id="p1", sex="F", age=40, view_position="PA", findings=["Mass"])
-    b = add(catalog, 2, dataset="nih", patient_id="p2", sex="M", age=70, view_position="AP", findings=["Edema"])
+    a = add(
+        catalog, 1, dataset="nih", patient_id="p1", sex="F", age=40, view_position="PA", findings=["Mass"]
+    )
+    b = add(
+        catalog, 2, dataset="nih", patient_id="p2", sex="M", age=70, view_position="AP", findings=["Edema"]
+    )
     c = add(catalog, 3, dataset="hmh", patient_id="p1", sex="F", age=55, view_position="PA")
     d = add(catalog, 4, dataset="nih", patient_id="p3", findings=["Mass", "Effusion"])
 
@@ -182,7 +186,9 @@ def test_index_state_per_model_and_pending_listing(catalog: FlaskClient) -> None
     assert ids_of(with_failed) == [b, c]
     # A model never seen has every image pending.
     assert ids_of(catalog.get("/v1/models/other-model/pending")) == [a, b, c]
-    listed = catalog.get("/v1/images", query_string={"model_id": "resnet50-random-42", "index_state": "indexed"})
+    listed = catalog.get(
+        "/v1/images", query_string={"model_id": "resnet50-random-42", "index_state": "indexed"}
+    )
     assert ids_of(listed) == [a]
 
     # Back to indexed: the reason goes.

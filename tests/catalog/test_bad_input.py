@@ -55,7 +55,13 @@ UPLOAD_CASES: list[tuple[str, Any, Any, int, str]] = [
     ("malformed metadata json", None, '{"dataset": "x",', 400, "not valid JSON"),
     ("metadata not an object", None, '["x"]', 422, "must be a JSON object"),
     ("metadata missing dataset", None, {"age": 3}, 422, "dataset is required"),
-    ("unknown metadata field", None, {"dataset": "x", "diagnosis": "y"}, 422, "unknown metadata field(s): diagnosis"),
+    (
+        "unknown metadata field",
+        None,
+        {"dataset": "x", "diagnosis": "y"},
+        422,
+        "unknown metadata field(s): diagnosis",
+    ),
     ("age as text", None, {"dataset": "x", "age": "forty"}, 422, "age must be an integer"),
     ("age as float", None, {"dataset": "x", "age": 40.5}, 422, "age must be an integer"),
     ("age as boolean", None, {"dataset": "x", "age": True}, 422, "age must be an integer"),
@@ -63,8 +69,20 @@ UPLOAD_CASES: list[tuple[str, Any, Any, int, str]] = [
     ("negative age", None, {"dataset": "x", "age": -1}, 422, "between 0 and 130"),
     ("unknown sex", None, {"dataset": "x", "sex": "X"}, 422, "sex must be one of"),
     ("findings not a list", None, {"dataset": "x", "findings": "Mass"}, 422, "findings must be a list"),
-    ("finding not text", None, {"dataset": "x", "findings": ["Mass", 3]}, 422, "findings[1] must be a string"),
-    ("too many findings", None, {"dataset": "x", "findings": [f"f{i}" for i in range(33)]}, 422, "limit is 32"),
+    (
+        "finding not text",
+        None,
+        {"dataset": "x", "findings": ["Mass", 3]},
+        422,
+        "findings[1] must be a string",
+    ),
+    (
+        "too many findings",
+        None,
+        {"dataset": "x", "findings": [f"f{i}" for i in range(33)]},
+        422,
+        "limit is 32",
+    ),
     ("empty dataset", None, {"dataset": "  "}, 422, "dataset must not be empty"),
     ("over-long text", None, {"dataset": "x", "patient_id": "p" * 257}, 422, "longer than 256"),
     ("nul in text", None, {"dataset": "x", "patient_id": "p\u00001"}, 422, "control characters"),
@@ -74,7 +92,13 @@ UPLOAD_CASES: list[tuple[str, Any, Any, int, str]] = [
     ("extra too deep", None, deep_json(20), 422, "nested deeper"),
     ("metadata nested to break the parser", None, "[" * 30000 + "]" * 30000, 422, "metadata"),
     ("nan in metadata", None, '{"dataset": "x", "extra": {"v": NaN}}', 400, "not valid JSON"),
-    ("oversized metadata", None, json.dumps({"dataset": "x", "extra": {"n": "n" * 70000}}), 422, "limit is 65536"),
+    (
+        "oversized metadata",
+        None,
+        json.dumps({"dataset": "x", "extra": {"n": "n" * 70000}}),
+        422,
+        "limit is 65536",
+    ),
     ("study negative", None, {"dataset": "x", "study": -2}, 422, "study must be between"),
 ]
 
@@ -85,7 +109,13 @@ UPLOAD_CASES: list[tuple[str, Any, Any, int, str]] = [
     ids=[case[0] for case in UPLOAD_CASES],
 )
 def test_bad_upload_is_refused_and_writes_nothing(
-    catalog: FlaskClient, database_url: str, test_data: Path, file: Any, metadata: Any, status: int, detail: str
+    catalog: FlaskClient,
+    database_url: str,
+    test_data: Path,
+    file: Any,
+    metadata: Any,
+    status: int,
+    detail: str,
 ) -> None:
     real = (test_data / NIH_IMAGE).read_bytes()
     data = real if file is None else file(real) if callable(file) else file
@@ -134,7 +164,9 @@ def test_pixel_limit_is_configurable(make_catalog_app: Callable[..., Any], test_
 
 
 def test_upload_without_exactly_one_file_is_400(catalog: FlaskClient, database_url: str) -> None:
-    none = catalog.post("/v1/images", data={"metadata": '{"dataset": "x"}'}, content_type="multipart/form-data")
+    none = catalog.post(
+        "/v1/images", data={"metadata": '{"dataset": "x"}'}, content_type="multipart/form-data"
+    )
     assert_problem(none, 400, "exactly one image")
     two = catalog.post(
         "/v1/images",
@@ -142,7 +174,9 @@ def test_upload_without_exactly_one_file_is_400(catalog: FlaskClient, database_u
         content_type="multipart/form-data",
     )
     assert_problem(two, 400, "got 2")
-    assert_problem(catalog.post("/v1/images", data=b"raw", content_type="image/png"), 400, "exactly one image")
+    assert_problem(
+        catalog.post("/v1/images", data=b"raw", content_type="image/png"), 400, "exactly one image"
+    )
     no_metadata = catalog.post(
         "/v1/images", data={"file": (io.BytesIO(encoded("PNG")), "a.png")}, content_type="multipart/form-data"
     )
@@ -172,8 +206,20 @@ def test_upload_without_exactly_one_file_is_400(catalog: FlaskClient, database_u
         ("PATCH", "/v1/images/{id}", {"age": 200}, 422, "between 0 and 130"),
         ("PUT", "/v1/images/{id}/index-state/m1", {"state": "done"}, 422, "state must be one of"),
         ("PUT", "/v1/images/{id}/index-state/m1", {"state": "failed"}, 422, "needs a 'reason'"),
-        ("PUT", "/v1/images/{id}/index-state/m1", {"state": "indexed", "reason": "x"}, 422, "only for the failed"),
-        ("PUT", "/v1/images/{id}/index-state/m1", {"state": "indexed", "by": "me"}, 422, "unknown field(s): by"),
+        (
+            "PUT",
+            "/v1/images/{id}/index-state/m1",
+            {"state": "indexed", "reason": "x"},
+            422,
+            "only for the failed",
+        ),
+        (
+            "PUT",
+            "/v1/images/{id}/index-state/m1",
+            {"state": "indexed", "by": "me"},
+            422,
+            "unknown field(s): by",
+        ),
         ("PUT", "/v1/images/{id}/index-state/bad%20model", {"state": "indexed"}, 400, "a model ID is"),
         ("PUT", "/v1/images/424242/index-state/m1", {"state": "indexed"}, 404, "no image has ID"),
         ("GET", "/v1/images?colour=red", None, 400, "unknown parameter(s): colour"),

@@ -53,7 +53,9 @@ def test_age_bounds_are_inclusive(age: int) -> None:
 
 
 def test_unicode_text_is_kept() -> None:
-    assert parse_metadata({"dataset": "Hannover", "patient_id": "Müller-ß-患者"}).patient_id == "Müller-ß-患者"
+    assert (
+        parse_metadata({"dataset": "Hannover", "patient_id": "Müller-ß-患者"}).patient_id == "Müller-ß-患者"
+    )
 
 
 def test_changes_keep_nulls_and_apply_over_existing() -> None:

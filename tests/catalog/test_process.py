@@ -35,7 +35,9 @@ def catalog_process(catalog: FlaskClient, database_url: str, tmp_path: Path) -> 
     log_path = tmp_path / "catalog.log"
     env = {**os.environ, "MEDSEARCH_DATABASE_URL": database_url, "MEDSEARCH_PORT": str(port)}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "medsearch_catalog"], env=env, stderr=log, stdout=log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "medsearch_catalog"], env=env, stderr=log, stdout=log
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -79,7 +81,9 @@ def test_served_by_gunicorn_with_request_ids_and_json_logs_without_patient_ids(
     time.sleep(0.2)  # let the log lines reach the file
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     requests_logged = [line for line in lines if line.get("msg") == "request"]
-    assert any(line.get("request_id") == "trace-abc-123" and line["status"] == 201 for line in requests_logged)
+    assert any(
+        line.get("request_id") == "trace-abc-123" and line["status"] == 201 for line in requests_logged
+    )
     assert any(line.get("request_id") == generated for line in requests_logged)
     assert all(line["service"] == "catalog" for line in lines)
     assert SECRET_PATIENT not in log_path.read_text()

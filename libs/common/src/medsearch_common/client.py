@@ -127,7 +127,9 @@ class ServiceClient:
                     timeout=timeout,
                 )
             except requests.ConnectTimeout:
-                error = UpstreamUnavailable(self.service, f"{self.service} did not accept a connection in time")
+                error = UpstreamUnavailable(
+                    self.service, f"{self.service} did not accept a connection in time"
+                )
             except requests.ConnectionError:
                 error = UpstreamUnavailable(self.service, f"{self.service} is unreachable at {self.base_url}")
             except requests.Timeout:

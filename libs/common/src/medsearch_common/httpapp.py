@@ -115,7 +115,7 @@ def create_service_app(
                 response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
             return response
         for exc_type in type(exc).__mro__:
-            status = statuses.get(exc_type)  # type: ignore[call-overload]
+            status = statuses.get(exc_type)
             if status is not None:
                 if status >= 500:
                     log.warning("dependency failure", extra={"error": str(exc), "kind": type(exc).__name__})
@@ -131,7 +131,7 @@ def create_service_app(
     def readyz() -> Response:
         checks = dict(readiness())
         if all(reason is None for reason in checks.values()):
-            return jsonify(status="ready", service=service, checks={name: "ok" for name in checks})
+            return jsonify(status="ready", service=service, checks=dict.fromkeys(checks, "ok"))
         failing = ", ".join(f"{name}: {reason}" for name, reason in checks.items() if reason)
         return problem_response(
             503,

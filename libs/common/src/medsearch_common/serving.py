@@ -62,4 +62,3 @@ def _json_logging(service: str) -> dict[str, Any]:
         "root": {"level": "INFO", "handlers": ["stderr"]},
         "loggers": {"gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True}},
     }
-

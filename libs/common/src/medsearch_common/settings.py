@@ -63,9 +63,7 @@ def env_float(
     return value
 
 
-def env_url(
-    environ: Mapping[str, str], name: str, default: str | None, *, schemes: tuple[str, ...]
-) -> str:
+def env_url(environ: Mapping[str, str], name: str, default: str | None, *, schemes: tuple[str, ...]) -> str:
     """A URL whose scheme is one of `schemes` and which names a host or a path."""
     value = env_str(environ, name, default)
     parts = urlsplit(value)

@@ -2,10 +2,9 @@
 
 import sys
 
+from medsearch_catalog.settings import CatalogSettings
 from medsearch_common.serving import WsgiApp, serve
 from medsearch_common.settings import SettingsError
-
-from medsearch_catalog.settings import CatalogSettings
 
 
 def _load_app() -> WsgiApp:

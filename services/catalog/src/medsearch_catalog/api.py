@@ -142,7 +142,9 @@ def set_index_state(image_id: str, model_id: str) -> Response:
         reason = reason.strip()[:MAX_REASON_CHARS].replace("\x00", "")
     elif reason is not None:
         raise InvalidMetadata(f"'reason' is only for the failed state, not {state}")
-    saved = _context().repository.set_index_state(parse_image_id(image_id), parse_model_id(model_id), state, reason)
+    saved = _context().repository.set_index_state(
+        parse_image_id(image_id), parse_model_id(model_id), state, reason
+    )
     return jsonify(model_id=model_id, **index_state_json(saved))
 
 
@@ -173,7 +175,8 @@ def parse_id_list(raw: str) -> list[int]:
 def parse_model_id(raw: str) -> str:
     if not _MODEL_ID.match(raw):
         raise MalformedRequest(
-            f"a model ID is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit; got {raw[:40]!r}"
+            "a model ID is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit;"
+            f" got {raw[:40]!r}"
         )
     return raw
 
@@ -260,12 +263,14 @@ def _metadata_text() -> str:
         return request.form["metadata"]
     part = request.files.get("metadata")
     if part is not None:
-        data = part.read(256 * 1024)
+        data: bytes = part.read(256 * 1024)
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedRequest("the metadata part is not UTF-8 text") from None
-    raise InvalidMetadata("the multipart field 'metadata' (a JSON object with at least 'dataset') is required")
+    raise InvalidMetadata(
+        "the multipart field 'metadata' (a JSON object with at least 'dataset') is required"
+    )
 
 
 def _json_body() -> Any:
@@ -278,7 +283,8 @@ def _file_response(stored: StoredFile, *, etag: str) -> Response:
     response = Response(stored.data, mimetype=stored.mime_type)
     response.set_etag(etag)
     response.headers["Cache-Control"] = _FILE_CACHE_CONTROL
-    return response.make_conditional(request)
+    response.make_conditional(request)
+    return response
 
 
 # -- serializing ------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 
 from flask import Flask
-from medsearch_common.httpapp import create_service_app
 from psycopg_pool import ConnectionPool
 
 from medsearch_catalog import errors
@@ -13,6 +12,7 @@ from medsearch_catalog.api import CATALOG_EXTENSION, CatalogContext, blueprint
 from medsearch_catalog.images import ImageLimits
 from medsearch_catalog.repository import ImageRepository
 from medsearch_catalog.settings import CatalogSettings
+from medsearch_common.httpapp import create_service_app
 
 ERROR_STATUSES: dict[type[Exception], int] = {
     errors.ImageRejected: 422,

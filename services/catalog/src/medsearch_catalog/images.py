@@ -6,6 +6,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
@@ -65,9 +66,7 @@ def sniff_format(data: bytes) -> str:
         return "JPEG"
     for offset, signature, name in _OTHER_SIGNATURES:
         if data[offset : offset + len(signature)] == signature:
-            raise UnsupportedImageFormat(
-                f"{name} images are not supported; upload PNG or JPEG"
-            )
+            raise UnsupportedImageFormat(f"{name} images are not supported; upload PNG or JPEG")
     raise NotAnImage("the file is not an image: its content is neither PNG nor JPEG")
 
 
@@ -102,14 +101,14 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(f"the {image_format} image is truncated or corrupt: {exc}") from None
 
-    image = ImageOps.exif_transpose(image)
-    thumbnail, thumbnail_mime = make_thumbnail(image, limits.thumbnail_px)
+    upright = ImageOps.exif_transpose(image)
+    thumbnail, thumbnail_mime = make_thumbnail(upright, limits.thumbnail_px)
     return CheckedImage(
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
         mime_type=SUPPORTED_FORMATS[image_format],
-        width=image.width,
-        height=image.height,
+        width=upright.width,
+        height=upright.height,
         thumbnail=thumbnail,
         thumbnail_mime=thumbnail_mime,
     )
@@ -131,7 +130,7 @@ def displayable(image: Image.Image) -> Image.Image:
     """8-bit L or RGB: high bit depths stretched to their own range, alpha dropped."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         wide = image.convert("I") if image.mode.startswith("I;16") else image
-        low, high = wide.getextrema()  # type: ignore[misc]
+        low, high = cast(tuple[float, float], wide.getextrema())
         scale = 255.0 / (high - low) if high > low else 0.0
         offset = -low * scale
         return wide.point(lambda v: v * scale + offset).convert("L")

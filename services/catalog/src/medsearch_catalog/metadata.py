@@ -104,14 +104,14 @@ def _text(name: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidMetadata(f"metadata.{name} must be a string, got {_json_type(value)}")
-    value = value.strip()
-    if not value:
+    text: str = value.strip()
+    if not text:
         raise InvalidMetadata(f"metadata.{name} must not be empty (use null to leave it unset)")
-    if len(value) > MAX_TEXT_CHARS:
+    if len(text) > MAX_TEXT_CHARS:
         raise InvalidMetadata(f"metadata.{name} is longer than {MAX_TEXT_CHARS} characters")
-    if _CONTROL_CHARS.search(value):
+    if _CONTROL_CHARS.search(text):
         raise InvalidMetadata(f"metadata.{name} contains control characters")
-    return value
+    return text
 
 
 def _upper_text(name: str, value: Any) -> str | None:

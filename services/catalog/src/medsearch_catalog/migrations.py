@@ -24,9 +24,7 @@ class Migration:
 def bundled_migrations() -> list[Migration]:
     """The package's `migrations/NNNN_name.sql` files, in order."""
     folder = resources.files("medsearch_catalog") / "migrations"
-    files = sorted(
-        (f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
-    )
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [Migration(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
 
 

@@ -187,9 +187,7 @@ class ImageRepository:
                 )
                 image_id = row["id"]
             else:
-                existing = conn.execute(
-                    "SELECT id FROM images WHERE sha256 = %s", (image.sha256,)
-                ).fetchone()
+                existing = conn.execute("SELECT id FROM images WHERE sha256 = %s", (image.sha256,)).fetchone()
                 assert existing is not None  # the conflict says it exists; rows are never updated in place
                 image_id = existing["id"]
             return self._get(conn, image_id), created
@@ -219,9 +217,7 @@ class ImageRepository:
 
     def update_metadata(self, image_id: int, changes: dict[str, Any]) -> ImageRecord:
         """Set the given metadata fields (already validated) and return the image."""
-        assignments = [
-            sql.SQL("{} = %s").format(sql.Identifier(name)) for name in changes if name in FIELDS
-        ]
+        assignments = [sql.SQL("{} = %s").format(sql.Identifier(name)) for name in changes if name in FIELDS]
         values = [_column_value(name, value) for name, value in changes.items() if name in FIELDS]
         with self._ready_transaction() as conn:
             query = sql.SQL("UPDATE images SET {}, updated_at = now() WHERE id = %s RETURNING id").format(

@@ -52,10 +52,18 @@ class CatalogSettings:
             thumbnail_px=env_int(
                 environ, "MEDSEARCH_CATALOG_THUMBNAIL_PX", cls.thumbnail_px, minimum=32, maximum=2048
             ),
-            db_pool_size=env_int(environ, "MEDSEARCH_CATALOG_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=100),
-            db_timeout_s=env_float(environ, "MEDSEARCH_CATALOG_DB_TIMEOUT_S", cls.db_timeout_s, minimum=0.1, maximum=120),
+            db_pool_size=env_int(
+                environ, "MEDSEARCH_CATALOG_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=100
+            ),
+            db_timeout_s=env_float(
+                environ, "MEDSEARCH_CATALOG_DB_TIMEOUT_S", cls.db_timeout_s, minimum=0.1, maximum=120
+            ),
             db_statement_timeout_s=env_float(
-                environ, "MEDSEARCH_CATALOG_DB_STATEMENT_TIMEOUT_S", cls.db_statement_timeout_s, minimum=0.1, maximum=3600
+                environ,
+                "MEDSEARCH_CATALOG_DB_STATEMENT_TIMEOUT_S",
+                cls.db_statement_timeout_s,
+                minimum=0.1,
+                maximum=3600,
             ),
             log_level=env_choice(environ, "MEDSEARCH_LOG_LEVEL", cls.log_level, LOG_LEVELS),
         )
