@@ -40,7 +40,7 @@ def test_a_well_formed_id_is_kept(incoming: str) -> None:
         "\nleading-newline",
         "tab\tid",
         "naïve",
-        "quote\"id",
+        'quote"id',
     ],
 )
 def test_a_missing_too_long_or_odd_id_is_replaced_by_a_fresh_hex_id(incoming: str | None) -> None:

@@ -205,7 +205,9 @@ def test_problem_extensions_of_an_error_become_members(client: FlaskClient) -> N
     assert body["type"] == "urn:medsearch:problem:image-rejected"
 
 
-def test_mapped_server_error_is_logged_as_a_dependency_failure(client: FlaskClient, json_log: JsonLog) -> None:
+def test_mapped_server_error_is_logged_as_a_dependency_failure(
+    client: FlaskClient, json_log: JsonLog
+) -> None:
     problem_of(client.get("/raise/dependency"), 503)
     [entry] = json_log.with_msg("dependency failure")
     assert entry["level"] == "warning"
@@ -230,7 +232,11 @@ def test_unhandled_exception_is_a_500_problem_without_the_exception_text(
 
 @pytest.mark.parametrize(
     ("kind", "status", "slug"),
-    [("unavailable", 503, "upstream-unavailable"), ("timeout", 504, "upstream-timeout"), ("failed", 502, "upstream-failed")],
+    [
+        ("unavailable", 503, "upstream-unavailable"),
+        ("timeout", 504, "upstream-timeout"),
+        ("failed", 502, "upstream-failed"),
+    ],
 )
 def test_upstream_errors_map_to_gateway_statuses_by_default(
     client: FlaskClient, kind: str, status: int, slug: str
@@ -302,7 +308,11 @@ def test_readyz_is_ready_when_every_check_returns_none() -> None:
     app = build_app(lambda: {"database": None, "embedder": None})
     response = app.test_client().get("/readyz")
     assert response.status_code == 200
-    assert response.json == {"status": "ready", "service": "demo", "checks": {"database": "ok", "embedder": "ok"}}
+    assert response.json == {
+        "status": "ready",
+        "service": "demo",
+        "checks": {"database": "ok", "embedder": "ok"},
+    }
 
 
 def test_readyz_with_no_checks_is_ready() -> None:
@@ -385,7 +395,9 @@ def test_two_apps_in_one_process_keep_separate_metrics() -> None:
 # Access log
 
 
-def test_access_log_line_has_the_request_id_rule_path_and_status(client: FlaskClient, json_log: JsonLog) -> None:
+def test_access_log_line_has_the_request_id_rule_path_and_status(
+    client: FlaskClient, json_log: JsonLog
+) -> None:
     client.get("/items/7", headers={"X-Request-ID": "req-77"})
     [entry] = json_log.with_msg("request")
     assert entry["request_id"] == "req-77"

@@ -101,14 +101,19 @@ def restore_root_logger() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_root_logger")
-def test_configure_logging_sends_every_logger_to_stderr_as_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+def test_configure_logging_sends_every_logger_to_stderr_as_json_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     configure_logging("embedder")
     set_request_id("req-5")
     logging.getLogger("medsearch.model").info("loaded", extra={"weights": "random:1"})
     logging.getLogger("somelib").warning("careful")
     lines = capsys.readouterr().err.splitlines()
     entries = [json.loads(line) for line in lines]
-    assert [(e["logger"], e["msg"]) for e in entries] == [("medsearch.model", "loaded"), ("somelib", "careful")]
+    assert [(e["logger"], e["msg"]) for e in entries] == [
+        ("medsearch.model", "loaded"),
+        ("somelib", "careful"),
+    ]
     assert all(e["service"] == "embedder" and e["request_id"] == "req-5" for e in entries)
     assert entries[0]["weights"] == "random:1"
 

@@ -94,7 +94,7 @@ def test_env_float_rejects_a_non_number_naming_the_variable() -> None:
 
 @pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity", "1e400"])
 def test_env_float_rejects_non_finite_numbers(raw: str) -> None:
-    with pytest.raises(SettingsError, match="^TIMEOUT_S must be a finite number"):
+    with pytest.raises(SettingsError, match=r"^TIMEOUT_S must be a finite number"):
         env_float({"TIMEOUT_S": raw}, "TIMEOUT_S", 2.5)
 
 
@@ -127,7 +127,7 @@ def test_env_url_missing_takes_the_default() -> None:
 
 
 def test_env_url_missing_without_default_is_an_error_naming_the_variable() -> None:
-    with pytest.raises(SettingsError, match="^EMBEDDER_URL is required"):
+    with pytest.raises(SettingsError, match=r"^EMBEDDER_URL is required"):
         env_url({}, "EMBEDDER_URL", None, schemes=("http",))
 
 
@@ -138,12 +138,12 @@ def test_env_url_wrong_scheme_lists_the_allowed_ones() -> None:
 
 
 def test_env_url_without_scheme_is_rejected() -> None:
-    with pytest.raises(SettingsError, match="^EMBEDDER_URL must start with one of http://"):
+    with pytest.raises(SettingsError, match=r"^EMBEDDER_URL must start with one of http://"):
         env_url({"EMBEDDER_URL": "127.0.0.1:8002"}, "EMBEDDER_URL", None, schemes=("http",))
 
 
 def test_env_url_without_host_or_path_is_rejected() -> None:
-    with pytest.raises(SettingsError, match="^EMBEDDER_URL must name a host"):
+    with pytest.raises(SettingsError, match=r"^EMBEDDER_URL must name a host"):
         env_url({"EMBEDDER_URL": "http://"}, "EMBEDDER_URL", None, schemes=("http",))
 
 
@@ -233,11 +233,15 @@ def test_binding_defaults_to_loopback_and_the_service_port() -> None:
 
 
 def test_binding_reads_host_and_port() -> None:
-    binding = Binding.from_environ({"MEDSEARCH_HOST": "0.0.0.0", "MEDSEARCH_PORT": "9000"}, default_port=8001)
-    assert binding == Binding(host="0.0.0.0", port=9000)
+    binding = Binding.from_environ(
+        {"MEDSEARCH_HOST": "10.0.0.5", "MEDSEARCH_PORT": "9000"}, default_port=8001
+    )
+    assert binding == Binding(host="10.0.0.5", port=9000)
 
 
-@pytest.mark.parametrize(("raw", "problem"), [("0", "at least 1"), ("65536", "at most 65535"), ("http", "integer")])
+@pytest.mark.parametrize(
+    ("raw", "problem"), [("0", "at least 1"), ("65536", "at most 65535"), ("http", "integer")]
+)
 def test_binding_rejects_a_bad_port_naming_medsearch_port(raw: str, problem: str) -> None:
     with pytest.raises(SettingsError) as caught:
         Binding.from_environ({"MEDSEARCH_PORT": raw}, default_port=8001)
