@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import requests
 from flask import Flask, request
 from werkzeug.serving import make_server
 
@@ -433,12 +432,6 @@ def raw_server(payload: bytes, *, hold_open: bool) -> Iterator[str]:
         listener.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UpstreamUnavailable,
-    reason="client.py: a read timeout while reading the body surfaces from requests as ConnectionError, "
-    "so it is reported as UpstreamUnavailable ('unreachable', 503) instead of UpstreamTimeout (504)",
-)
 def test_a_body_that_stalls_past_the_read_timeout_raises_upstream_timeout(
     make_client: Callable[..., ServiceClient],
 ) -> None:
@@ -449,12 +442,6 @@ def test_a_body_that_stalls_past_the_read_timeout_raises_upstream_timeout(
             client.request("GET", "/embed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=requests.exceptions.ChunkedEncodingError,
-    reason="client.py: a response cut short (requests.ChunkedEncodingError) escapes as a raw requests "
-    "exception instead of a typed UpstreamError, so a view turns it into an unexpected 500",
-)
 def test_a_truncated_response_raises_a_typed_upstream_error(
     make_client: Callable[..., ServiceClient],
 ) -> None:

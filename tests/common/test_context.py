@@ -49,11 +49,6 @@ def test_a_missing_too_long_or_odd_id_is_replaced_by_a_fresh_hex_id(incoming: st
     assert FRESH_ID.fullmatch(replaced)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="context.py: `$` in _VALID_REQUEST_ID also matches before a final newline, so 'abc\\n' is kept",
-)
 def test_an_id_ending_in_a_newline_is_replaced() -> None:
     replaced = accept_request_id("abc\n")
     assert FRESH_ID.fullmatch(replaced)

@@ -335,12 +335,6 @@ def test_readyz_asks_the_checks_on_every_request() -> None:
     assert client.get("/readyz").status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="httpapp.py readyz: an empty reason ('' e.g. from str(ConnectionError())) gives 503 "
-    "yet reports every check as 'ok' and names none in the detail",
-)
 def test_readyz_names_a_check_that_failed_with_an_empty_reason() -> None:
     app = build_app(lambda: {"database": "", "embedder": None})
     body = problem_of(app.test_client().get("/readyz"), 503)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
 from medsearch_common.context import REQUEST_ID_HEADER, current_request_id
 
@@ -130,10 +131,20 @@ class ServiceClient:
                 error = UpstreamUnavailable(
                     self.service, f"{self.service} did not accept a connection in time"
                 )
-            except requests.ConnectionError:
-                error = UpstreamUnavailable(self.service, f"{self.service} is unreachable at {self.base_url}")
-            except requests.Timeout:
-                error = UpstreamTimeout(self.service, f"{self.service} did not answer within {timeout[1]} s")
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                if isinstance(exc, requests.Timeout) or _is_read_timeout(exc):
+                    error = UpstreamTimeout(
+                        self.service, f"{self.service} did not answer within {timeout[1]} s"
+                    )
+                else:
+                    error = UpstreamUnavailable(
+                        self.service, f"{self.service} is unreachable at {self.base_url}"
+                    )
+            except requests.RequestException as exc:
+                # e.g. a body cut short: the service broke off its answer.
+                error = UpstreamFailed(
+                    self.service, f"{self.service} sent a broken response: {type(exc).__name__}"
+                )
             else:
                 if response.status_code < 400:
                     return response
@@ -164,6 +175,11 @@ class ServiceClient:
         if status >= 500:
             return UpstreamFailed(self.service, f"{self.service} failed with HTTP {status}: {detail}")
         return UpstreamRejected(self.service, status, problem)
+
+
+def _is_read_timeout(exc: requests.ConnectionError) -> bool:
+    """requests reports a timeout while reading the body as a ConnectionError wrapping it."""
+    return any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
 
 
 def _problem_of(response: requests.Response) -> dict[str, Any]:

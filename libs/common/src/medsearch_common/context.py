@@ -9,14 +9,14 @@ from contextvars import ContextVar
 REQUEST_ID_HEADER = "X-Request-ID"
 
 # Accept a caller's ID only when it is short and plain, so that it is safe to log and echo.
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _current_request_id: ContextVar[str | None] = ContextVar("medsearch_request_id", default=None)
 
 
 def accept_request_id(incoming: str | None) -> str:
     """The caller's ID when it is well-formed, else a new one."""
-    if incoming and _VALID_REQUEST_ID.match(incoming):
+    if incoming and _VALID_REQUEST_ID.fullmatch(incoming):
         return incoming
     return uuid.uuid4().hex
 

@@ -132,13 +132,12 @@ def create_service_app(
         checks = dict(readiness())
         if all(reason is None for reason in checks.values()):
             return jsonify(status="ready", service=service, checks=dict.fromkeys(checks, "ok"))
-        failing = ", ".join(f"{name}: {reason}" for name, reason in checks.items() if reason)
-        return problem_response(
-            503,
-            f"{service} is not ready ({failing})",
-            slug="not-ready",
-            checks={name: reason or "ok" for name, reason in checks.items()},
+        # Any reason, even an empty one, means the check failed.
+        reasons = {name: "ok" if reason is None else reason or "failed" for name, reason in checks.items()}
+        failing = ", ".join(
+            f"{name}: {reasons[name]}" for name, reason in checks.items() if reason is not None
         )
+        return problem_response(503, f"{service} is not ready ({failing})", slug="not-ready", checks=reasons)
 
     @app.get("/metrics")
     def metrics() -> Response:

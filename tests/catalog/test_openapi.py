@@ -1,0 +1,317 @@
+"""The catalog's OpenAPI document: valid, complete, and true to what the API really answers.
+
+Real requests go through the app on PostgreSQL; each JSON body is checked against the schema the
+document gives for that path, method and status. The response schemas forbid unknown members, so a
+field added, renamed or dropped in the code without the document fails here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import secrets
+from importlib import resources
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from PIL import Image
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+from werkzeug.test import TestResponse
+
+from tests.catalog.conftest import row_counts, upload
+
+DOCUMENT: dict[str, Any] = json.loads(
+    (resources.files("medsearch_catalog") / "openapi.json").read_text(encoding="utf-8")
+)
+DOCUMENT_URI = "urn:medsearch:catalog:openapi"
+# The whole document as one schema resource, so that its "#/components/..." references resolve.
+REGISTRY: Registry = Registry().with_resource(DOCUMENT_URI, DRAFT202012.create_resource(DOCUMENT))
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def pointer(*parts: str) -> str:
+    """A JSON pointer (RFC 6901) to the given keys."""
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def schema_errors(ref: str, instance: Any) -> list[str]:
+    """Why `instance` fails the schema at `ref` (a pointer into the document), as readable lines."""
+    validator = Draft202012Validator(
+        {"$ref": f"{DOCUMENT_URI}#{ref}"},
+        registry=REGISTRY,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(instance)
+    ]
+
+
+def check(response: TestResponse, path: str, method: str) -> Any:
+    """Assert that the document describes this real response, its JSON body included; return the body."""
+    responses = DOCUMENT["paths"][path][method]["responses"]
+    status = str(response.status_code)
+    assert status in responses, f"{method.upper()} {path} answered {status}, which the document does not list"
+    where = pointer("paths", path, method, "responses", status)
+    described = responses[status]
+    if "$ref" in described:
+        where = described["$ref"].removeprefix("#")
+        described = REGISTRY.resolver().lookup(f"{DOCUMENT_URI}#{where}").contents
+    content = described.get("content", {})
+    if not content:
+        assert response.data == b"", f"{status} is documented without a body"
+        return None
+    assert response.mimetype in content, f"{response.mimetype} is not among {sorted(content)} for {status}"
+    if not response.mimetype.endswith("json"):
+        return response.data
+    body = response.json
+    errors = schema_errors(where + pointer("content", response.mimetype, "schema"), body)
+    assert not errors, f"{method.upper()} {path} {status} does not match the document:\n" + "\n".join(errors)
+    return body
+
+
+def png(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
+    image = Image.new("L", size, color=seed % 256)
+    image.putpixel((seed % size[0], 0), (seed * 7 + 1) % 256)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def add(client: FlaskClient, seed: int, **metadata: Any) -> dict[str, Any]:
+    response = upload(client, png(seed), {"dataset": "test", **metadata})
+    assert response.status_code == 201, response.json
+    body: dict[str, Any] = check(response, "/v1/images", "post")
+    return body
+
+
+# -- the document itself ---------------------------------------------------------------------------------
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    validate(DOCUMENT)
+    assert DOCUMENT["openapi"] == "3.1.0"
+
+
+def test_the_served_document_is_the_file(catalog: FlaskClient) -> None:
+    response = catalog.get("/v1/openapi.json")
+    assert check(response, "/v1/openapi.json", "get") == DOCUMENT
+
+
+def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(catalog_app: Flask) -> None:
+    routes = {
+        (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
+        for rule in catalog_app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    assert {path for path, _ in routes if path.startswith("/v1/")} >= {"/v1/images", "/v1/images/{image_id}"}
+    documented = {
+        (path, method)
+        for path, item in DOCUMENT["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+    assert routes - documented == set(), "routes missing from openapi.json"
+    assert documented - routes == set(), "openapi.json documents routes the app does not have"
+
+
+# -- real answers against the document -------------------------------------------------------------------
+
+
+def test_create_new_and_existing_image(catalog: FlaskClient) -> None:
+    metadata = {"dataset": "nih", "patient_id": "p1", "age": 61, "sex": "f", "findings": ["Mass", "Mass"]}
+    created = upload(catalog, png(1), metadata)
+    assert created.status_code == 201
+    body = check(created, "/v1/images", "post")
+    assert created.headers["Location"] == f"/v1/images/{body['id']}"
+    assert body["metadata"]["sex"] == "F" and body["metadata"]["findings"] == ["Mass"]
+
+    again = upload(catalog, png(1), {"dataset": "other"})
+    assert again.status_code == 200
+    assert check(again, "/v1/images", "post") == body
+    assert again.headers["Location"] == created.headers["Location"]
+
+
+def test_get_one_batch_and_pages(catalog: FlaskClient) -> None:
+    ids = [add(catalog, seed, dataset="nih", view_position="pa")["id"] for seed in range(3)]
+
+    one = catalog.get(f"/v1/images/{ids[0]}")
+    assert check(one, "/v1/images/{image_id}", "get")["id"] == ids[0]
+
+    batch = catalog.get("/v1/images", query_string={"ids": f"{ids[2]},{ids[0]},999"})
+    body = check(batch, "/v1/images", "get")
+    assert [i["id"] for i in body["items"]] == [ids[2], ids[0]] and body["missing"] == [999]
+
+    page = catalog.get(
+        "/v1/images", query_string={"dataset": ["nih", "x"], "view_position": "PA", "limit": 2}
+    )
+    body = check(page, "/v1/images", "get")
+    assert len(body["items"]) == 2 and body["next_cursor"]
+    last = catalog.get("/v1/images", query_string={"limit": 2, "cursor": body["next_cursor"]})
+    assert check(last, "/v1/images", "get")["next_cursor"] is None
+
+
+def test_patch_index_state_pending_and_delete(catalog: FlaskClient) -> None:
+    image_id = add(catalog, 5, age=40, extra={"site": "a"})["id"]
+    patched = catalog.patch(f"/v1/images/{image_id}", json={"age": None, "sex": "o", "findings": ["Edema"]})
+    assert patched.status_code == 200
+    assert check(patched, "/v1/images/{image_id}", "patch")["metadata"]["sex"] == "O"
+
+    path = "/v1/images/{image_id}/index-state/{model_id}"
+    failed = catalog.put(f"/v1/images/{image_id}/index-state/m-1", json={"state": "failed", "reason": "down"})
+    saved = check(failed, path, "put")
+    assert (saved["model_id"], saved["state"], saved["reason"]) == ("m-1", "failed", "down")
+    indexed = catalog.put(f"/v1/images/{image_id}/index-state/m-2", json={"state": "indexed"})
+    assert check(indexed, path, "put")["reason"] is None
+
+    record = check(catalog.get(f"/v1/images/{image_id}"), "/v1/images/{image_id}", "get")
+    assert set(record["index_states"]) == {"m-1", "m-2"}
+
+    pending = catalog.get("/v1/models/m-1/pending", query_string={"include_failed": "true", "limit": 10})
+    assert [i["id"] for i in check(pending, "/v1/models/{model_id}/pending", "get")["items"]] == [image_id]
+    listed = catalog.get("/v1/images", query_string={"model_id": "m-2", "index_state": ["indexed", "failed"]})
+    assert len(check(listed, "/v1/images", "get")["items"]) == 1
+
+    deleted = catalog.delete(f"/v1/images/{image_id}")
+    assert deleted.status_code == 204
+    check(deleted, "/v1/images/{image_id}", "delete")
+
+
+@pytest.mark.parametrize(
+    ("part", "types"), [("file", {"image/png"}), ("thumbnail", {"image/webp", "image/png"})]
+)
+def test_file_answers(catalog: FlaskClient, part: str, types: set[str]) -> None:
+    image_id = add(catalog, 9)["id"]
+    path = f"/v1/images/{{image_id}}/{part}"
+    response = catalog.get(f"/v1/images/{image_id}/{part}")
+    assert response.status_code == 200 and response.mimetype in types
+    check(response, path, "get")
+    cached = catalog.get(f"/v1/images/{image_id}/{part}", headers={"If-None-Match": response.headers["ETag"]})
+    assert cached.status_code == 304
+    check(cached, path, "get")
+    check(catalog.get(f"/v1/images/{image_id + 1}/{part}"), path, "get")  # 404
+
+
+def test_problems(catalog: FlaskClient, database_url: str) -> None:
+    cases: list[tuple[TestResponse, int, str, str]] = [
+        (catalog.get("/v1/images/999"), 404, "/v1/images/{image_id}", "get"),
+        (catalog.delete("/v1/images/999"), 404, "/v1/images/{image_id}", "delete"),
+        (catalog.get("/v1/images/abc"), 400, "/v1/images/{image_id}", "get"),
+        (catalog.get("/v1/images", query_string={"colour": "red"}), 400, "/v1/images", "get"),
+        (catalog.get("/v1/images", query_string={"ids": "1", "limit": 2}), 400, "/v1/images", "get"),
+        (catalog.get("/v1/images", query_string={"cursor": "nope"}), 400, "/v1/images", "get"),
+        (catalog.get("/v1/models/-bad/pending"), 400, "/v1/models/{model_id}/pending", "get"),
+        (upload(catalog, png(1), "{not json"), 400, "/v1/images", "post"),
+        (upload(catalog, b"just some text"), 415, "/v1/images", "post"),
+        (upload(catalog, b"GIF89a" + bytes(40)), 415, "/v1/images", "post"),
+        (upload(catalog, png(1)[:60]), 422, "/v1/images", "post"),
+        (upload(catalog, png(1), {"dataset": "x", "age": 131}), 422, "/v1/images", "post"),
+        (catalog.patch("/v1/images/1", json={"colour": "red"}), 422, "/v1/images/{image_id}", "patch"),
+        (catalog.patch("/v1/images/1", data=b""), 400, "/v1/images/{image_id}", "patch"),
+        (
+            catalog.put("/v1/images/1/index-state/m", json={"state": "failed"}),
+            422,
+            "/v1/images/{image_id}/index-state/{model_id}",
+            "put",
+        ),
+        (
+            catalog.put("/v1/images/1/index-state/m", json={"state": "indexed"}),
+            404,
+            "/v1/images/{image_id}/index-state/{model_id}",
+            "put",
+        ),
+    ]
+    for response, status, path, method in cases:
+        assert response.status_code == status, (path, method, response.json)
+        assert response.mimetype == "application/problem+json"
+        problem = check(response, path, method)
+        assert problem["status"] == status
+    assert row_counts(database_url) == {"images": 0, "image_files": 0, "index_states": 0}
+
+
+def test_upload_too_large_is_a_documented_413(make_catalog_app: Any) -> None:
+    client = make_catalog_app(max_upload_bytes=1024).test_client()
+    noise = Image.frombytes("L", (64, 64), secrets.token_bytes(64 * 64))
+    out = io.BytesIO()
+    noise.save(out, format="PNG")
+    response = upload(client, out.getvalue())
+    assert response.status_code == 413
+    assert check(response, "/v1/images", "post")["type"] == "urn:medsearch:problem:upload-too-large"
+
+
+def test_health_readiness_and_metrics(catalog: FlaskClient) -> None:
+    assert check(catalog.get("/healthz"), "/healthz", "get") == {"status": "ok", "service": "catalog"}
+    ready = catalog.get("/readyz")
+    assert ready.status_code == 200
+    assert check(ready, "/readyz", "get")["checks"] == {"postgresql": "ok"}
+    assert b"http_requests_total" in check(catalog.get("/metrics"), "/metrics", "get")
+
+
+def test_database_down_gives_documented_503s(make_catalog_app: Any) -> None:
+    client = make_catalog_app(
+        database_url="postgresql://postgres@127.0.0.1:1/none", db_timeout_s=0.2
+    ).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "postgresql" in check(ready, "/readyz", "get")["checks"]
+    down = client.get("/v1/images/1")
+    assert down.status_code == 503
+    assert check(down, "/v1/images/{image_id}", "get")["type"] == "urn:medsearch:problem:database-unavailable"
+
+
+# -- request schemas agree with the code on what is accepted -----------------------------------------------
+
+METADATA_CASES = [
+    ({"dataset": "d"}, True),
+    ({"dataset": "d", "sex": "f", "view_position": "ap", "age": 0, "study": 3, "extra": None}, True),
+    ({"dataset": "d", "findings": [f"f{i}" for i in range(32)], "external_id": None}, True),
+    ({"dataset": "d", "findings": [f"f{i}" for i in range(33)]}, False),
+    ({"dataset": "d", "age": 131}, False),
+    ({"dataset": "d", "age": True}, False),
+    ({"dataset": "d", "sex": "X"}, False),
+    ({"dataset": "d", "patient_id": "p" * 257}, False),
+    ({"dataset": "d", "patient_id": ""}, False),
+    ({"dataset": None}, False),
+    ({"age": 30}, False),
+    ({"dataset": "d", "colour": "red"}, False),
+    (["d"], False),
+]
+
+
+@pytest.mark.parametrize(("metadata", "accepted"), METADATA_CASES)
+def test_new_image_metadata_schema_agrees_with_the_code(
+    catalog: FlaskClient, metadata: Any, accepted: bool
+) -> None:
+    assert (not schema_errors("/components/schemas/NewImageMetadata", metadata)) is accepted
+    assert (upload(catalog, png(2), metadata).status_code in (200, 201)) is accepted
+
+
+INDEX_STATE_CASES = [
+    ({"state": "indexed"}, True),
+    ({"state": "pending", "reason": None}, True),
+    ({"state": "failed", "reason": "embedder down"}, True),
+    ({"state": "failed"}, False),
+    ({"state": "failed", "reason": "  "}, False),
+    ({"state": "indexed", "reason": "why"}, False),
+    ({"state": "done"}, False),
+    ({"state": "indexed", "colour": "red"}, False),
+    ({}, False),
+]
+
+
+@pytest.mark.parametrize(("body", "accepted"), INDEX_STATE_CASES)
+def test_index_state_update_schema_agrees_with_the_code(
+    catalog: FlaskClient, body: Any, accepted: bool
+) -> None:
+    image_id = add(catalog, 3)["id"]
+    assert (not schema_errors("/components/schemas/IndexStateUpdate", body)) is accepted
+    response = catalog.put(f"/v1/images/{image_id}/index-state/m", json=body)
+    assert (response.status_code == 200) is accepted
+    check(response, "/v1/images/{image_id}/index-state/{model_id}", "put")
