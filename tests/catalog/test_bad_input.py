@@ -148,6 +148,13 @@ def test_upload_over_the_byte_limit_is_413(
     assert row_counts(database_url) == before
 
 
+def test_stale_if_match_on_a_file_is_a_412_problem_without_the_bytes(catalog: FlaskClient) -> None:
+    created = upload(catalog, encoded("PNG"))
+    assert created.json is not None
+    response = catalog.get(f"/v1/images/{created.json['id']}/file", headers={"If-Match": '"stale"'})
+    assert_problem(response, 412, "If-Match")
+
+
 def test_decompression_bomb_is_refused_by_pixel_count(catalog: FlaskClient, database_url: str) -> None:
     bomb = encoded("PNG", size=(10_000, 10_000))  # 100 megapixels in about 100 KB
     assert len(bomb) < 200_000
@@ -236,6 +243,22 @@ def test_upload_without_exactly_one_file_is_400(catalog: FlaskClient, database_u
         ("GET", "/v1/models/m1/pending?include_failed=maybe", None, 400, "true or false"),
         ("GET", "/v1/models/bad$model/pending", None, 400, "a model ID is"),
         ("GET", "/v1/nothing-here", None, 404, "not found"),
+        ("GET", "/static/app.js", None, 404, "not found"),
+        ("GET", "/v1/images/" + "9" * 5000, None, 400, "positive integer"),
+        ("PUT", "/v1/images/{id}/index-state/abc%0A", {"state": "indexed"}, 400, "a model ID is"),
+        (
+            "PUT",
+            "/v1/images/{id}/index-state/m1",
+            {"state": "failed", "reason": "\u0000 "},
+            422,
+            "needs a 'reason'",
+        ),
+        ("PUT", "/v1/images/{id}/index-state/m1", "[1,", 400, "the index state is not valid JSON"),
+        ("GET", "/v1/images?ids=1&ids=2", None, 400, "'ids' comes once"),
+        ("GET", "/v1/images?limit=1_0", None, 400, "'limit' must be an integer"),
+        ("GET", "/v1/images?limit=+5", None, 400, "'limit' must be an integer"),
+        ("GET", "/v1/images?sex=X", None, 400, "'sex' must be one of"),
+        ("GET", "/v1/models/m1/pending?dataset=x", None, 400, "unknown parameter(s): dataset"),
         ("POST", "/v1/images/{id}", None, 405, "not allowed"),
     ],
 )

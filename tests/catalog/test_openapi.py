@@ -197,6 +197,9 @@ def test_file_answers(catalog: FlaskClient, part: str, types: set[str]) -> None:
     assert cached.status_code == 304
     check(cached, path, "get")
     check(catalog.get(f"/v1/images/{image_id + 1}/{part}"), path, "get")  # 404
+    stale = catalog.get(f"/v1/images/{image_id}/{part}", headers={"If-Match": '"stale"'})
+    assert stale.status_code == 412
+    check(stale, path, "get")
 
 
 def test_problems(catalog: FlaskClient, database_url: str) -> None:

@@ -454,3 +454,8 @@ def test_a_truncated_response_raises_a_typed_upstream_error(
         with pytest.raises(UpstreamError) as caught:
             client.request("GET", "/embed")
     assert caught.value.service == "embedder"
+
+
+def test_a_retry_policy_needs_at_least_one_attempt() -> None:
+    with pytest.raises(ValueError, match="at least 1 attempt"):
+        RetryPolicy(attempts=0)

@@ -13,7 +13,7 @@ from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
-from medsearch_common.client import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from medsearch_common.client import UpstreamFailed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from medsearch_common.context import current_request_id
 from medsearch_common.httpapp import create_service_app, metrics_registry
 from tests.common.conftest import JsonLog
@@ -88,6 +88,7 @@ def build_app(
             "unavailable": UpstreamUnavailable("embedder", "embedder is unreachable at http://127.0.0.1:1"),
             "timeout": UpstreamTimeout("embedder", "embedder did not answer within 10 s"),
             "failed": UpstreamFailed("embedder", "embedder failed with HTTP 500: boom"),
+            "rejected": UpstreamRejected("search", 422, {"status": 422, "detail": "k must be 1-100"}),
             "bug": RuntimeError("secret detail about patient P-123"),
         }
         raise errors[kind]
@@ -422,3 +423,8 @@ def test_health_and_metrics_probes_are_not_access_logged(client: FlaskClient, js
     client.get("/metrics")
     client.get("/readyz")
     assert [entry["endpoint"] for entry in json_log.with_msg("request")] == ["/readyz"]
+
+
+def test_an_upstream_refusal_is_a_bad_gateway_unless_the_service_maps_it(client: FlaskClient) -> None:
+    body = problem_of(client.get("/raise/rejected"), 502)
+    assert "search rejected the request: k must be 1-100" in body["detail"]

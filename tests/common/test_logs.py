@@ -132,3 +132,17 @@ def test_configure_logging_twice_does_not_duplicate_lines(capsys: pytest.Capture
     configure_logging("embedder")
     logging.getLogger("medsearch.model").info("once")
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_extra_fields_cannot_overwrite_the_standard_ones() -> None:
+    set_request_id("req-1")
+    try:
+        entry = formatted(record(extra={"service": "spoofed", "level": "none", "request_id": "x", "k": 1}))
+    finally:
+        set_request_id(None)
+    assert (entry["service"], entry["level"], entry["request_id"], entry["k"]) == (
+        "catalog",
+        "info",
+        "req-1",
+        1,
+    )

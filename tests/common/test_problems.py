@@ -28,6 +28,9 @@ class Rejected(Exception):
         (DatabaseUnavailable, "database-unavailable"),
         (Rejected, "rejected"),
         (ValueError, "value-error"),
+        (ConnectionError, "connection-error"),
+        (type("HTTPError", (Exception,), {}), "http-error"),
+        (type("DICOMRejected", (Exception,), {}), "dicom-rejected"),
     ],
 )
 def test_slug_of_turns_the_class_name_into_kebab_case(exc_type: type[Exception], slug: str) -> None:

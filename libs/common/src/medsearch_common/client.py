@@ -60,6 +60,10 @@ class RetryPolicy:
     backoff_s: float = 0.2
     max_backoff_s: float = 2.0
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"a retry policy needs at least 1 attempt, got {self.attempts}")
+
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (1-based)."""
         return float(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))

@@ -16,7 +16,7 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from medsearch_common.client import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from medsearch_common.client import UpstreamFailed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from medsearch_common.context import REQUEST_ID_HEADER, accept_request_id, set_request_id
 from medsearch_common.problems import problem_response, slug_of
 
@@ -32,6 +32,9 @@ _COMMON_ERROR_STATUSES: dict[type[Exception], int] = {
     UpstreamUnavailable: 503,
     UpstreamTimeout: 504,
     UpstreamFailed: 502,
+    # The upstream refused what this service sent it: this service's fault unless it maps
+    # the error itself (the gateway passes a user's bad input through as a 4xx).
+    UpstreamRejected: 502,
 }
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -45,7 +48,7 @@ def create_service_app(
     max_content_length: int | None = None,
 ) -> Flask:
     """A Flask app with MedSearch's common behaviour; the service adds its blueprint."""
-    app = Flask(f"medsearch_{service}")
+    app = Flask(f"medsearch_{service}", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_content_length
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

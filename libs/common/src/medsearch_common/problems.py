@@ -19,7 +19,8 @@ def problem_type(slug: str) -> str:
 
 def slug_of(exc_type: type[BaseException]) -> str:
     """`ImageNotFound` -> `image-not-found`."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", exc_type.__name__).lower()
+    # A break before each capital that starts a word; acronyms stay whole (HTTPError -> http-error).
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", exc_type.__name__).lower()
 
 
 def problem_body(

@@ -15,7 +15,10 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from medsearch_catalog.errors import InvalidMetadata, MalformedRequest
 from medsearch_catalog.images import ImageLimits, check_image
 from medsearch_catalog.metadata import (
+    MAX_METADATA_BYTES,
     MAX_TEXT_CHARS,
+    SEXES,
+    load_json,
     load_metadata_json,
     parse_metadata,
     parse_metadata_changes,
@@ -28,6 +31,7 @@ from medsearch_catalog.repository import (
     IndexState,
     StoredFile,
 )
+from medsearch_common.problems import problem_response
 
 CATALOG_EXTENSION = "medsearch_catalog"
 MAX_BATCH_IDS = 100
@@ -35,7 +39,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_REASON_CHARS = 2000
 _MAX_BIGINT = 2**63 - 1
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
 # The bytes behind an ID never change, so caches may keep them; private: medical data.
 _FILE_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
@@ -81,21 +86,20 @@ def get_image(image_id: str) -> Response:
 @blueprint.get("/images")
 def list_images() -> Response:
     if "ids" in request.args:
-        if len(request.args) > 1:
-            raise MalformedRequest("'ids' cannot be combined with other parameters")
+        if len(list(request.args.items(multi=True))) > 1:
+            raise MalformedRequest("'ids' comes once and cannot be combined with other parameters")
         ids = parse_id_list(request.args["ids"])
         records = _context().repository.get_images(ids)
         found = {r.id for r in records}
         return jsonify(items=[image_json(r) for r in records], missing=[i for i in ids if i not in found])
-    unknown = sorted(set(request.args) - _LIST_PARAMS)
-    if unknown:
-        raise MalformedRequest(f"unknown parameter(s): {', '.join(unknown)}")
+    _refuse_unknown_params(_LIST_PARAMS)
     return _page(parse_filter(request.args))
 
 
 @blueprint.get("/models/<model_id>/pending")
 def list_pending(model_id: str) -> Response:
     """Images to (re)index for a model: never indexed or pending, and failed when asked."""
+    _refuse_unknown_params({"limit", "cursor", "include_failed"})
     states = ("pending", "failed") if _flag("include_failed") else ("pending",)
     return _page(ImageFilter(model_id=parse_model_id(model_id), index_state=states))
 
@@ -115,7 +119,7 @@ def get_thumbnail(image_id: str) -> Response:
 
 @blueprint.patch("/images/<image_id>")
 def update_image(image_id: str) -> Response:
-    changes = parse_metadata_changes(_json_body())
+    changes = parse_metadata_changes(_json_body("metadata"))
     return jsonify(image_json(_context().repository.update_metadata(parse_image_id(image_id), changes)))
 
 
@@ -127,7 +131,7 @@ def delete_image(image_id: str) -> tuple[str, int]:
 
 @blueprint.put("/images/<image_id>/index-state/<model_id>")
 def set_index_state(image_id: str, model_id: str) -> Response:
-    body = _json_body()
+    body = _json_body("the index state")
     if not isinstance(body, dict):
         raise InvalidMetadata("the body must be a JSON object with 'state' and, when failed, 'reason'")
     unknown = sorted(set(body) - {"state", "reason"})
@@ -137,9 +141,10 @@ def set_index_state(image_id: str, model_id: str) -> Response:
     if state not in INDEX_STATES:
         raise InvalidMetadata(f"state must be one of {', '.join(INDEX_STATES)}, got {state!r}")
     if state == "failed":
-        if not isinstance(reason, str) or not reason.strip():
+        if isinstance(reason, str):
+            reason = reason.replace("\x00", "").strip()[:MAX_REASON_CHARS]
+        if not isinstance(reason, str) or not reason:
             raise InvalidMetadata("a failed state needs a 'reason' (a non-empty string)")
-        reason = reason.strip()[:MAX_REASON_CHARS].replace("\x00", "")
     elif reason is not None:
         raise InvalidMetadata(f"'reason' is only for the failed state, not {state}")
     saved = _context().repository.set_index_state(
@@ -158,7 +163,7 @@ def openapi() -> Response:
 
 
 def parse_image_id(raw: str) -> int:
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= _MAX_BIGINT:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= _MAX_BIGINT:
         raise MalformedRequest(f"an image ID is a positive integer, got {raw[:40]!r}")
     return int(raw)
 
@@ -173,7 +178,7 @@ def parse_id_list(raw: str) -> list[int]:
 
 
 def parse_model_id(raw: str) -> str:
-    if not _MODEL_ID.match(raw):
+    if not _MODEL_ID.fullmatch(raw):
         raise MalformedRequest(
             "a model ID is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit;"
             f" got {raw[:40]!r}"
@@ -203,13 +208,21 @@ def parse_filter(args: Any) -> ImageFilter:
         patient_id=texts("patient_id"),
         external_id=texts("external_id"),
         finding=texts("finding"),
-        sex=tuple(s.upper() for s in texts("sex")),
+        sex=_sexes(texts("sex")),
         view_position=tuple(v.upper() for v in texts("view_position")),
         age_min=age_min,
         age_max=age_max,
         model_id=parse_model_id(model_id) if model_id is not None else None,
         index_state=index_states,
     )
+
+
+def _sexes(values: tuple[str, ...]) -> tuple[str, ...]:
+    sexes = tuple(v.upper() for v in values)
+    bad = [v for v in sexes if v not in SEXES]
+    if bad:
+        raise MalformedRequest(f"'sex' must be one of {', '.join(SEXES)}, got {bad[0][:40]!r}")
+    return sexes
 
 
 def encode_cursor(last_id: int) -> str:
@@ -237,14 +250,19 @@ def _page(image_filter: ImageFilter) -> Response:
     return jsonify(items=[image_json(r) for r in page], next_cursor=next_cursor)
 
 
+def _refuse_unknown_params(known: set[str]) -> None:
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        raise MalformedRequest(f"unknown parameter(s): {', '.join(unknown)}")
+
+
 def _int_arg(name: str, minimum: int, maximum: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise MalformedRequest(f"'{name}' must be an integer, got {raw[:40]!r}") from None
+    if not _DIGITS.fullmatch(raw):
+        raise MalformedRequest(f"'{name}' must be an integer, got {raw[:40]!r}")
+    value = int(raw)
     if not minimum <= value <= maximum:
         raise MalformedRequest(f"'{name}' must be between {minimum} and {maximum}, got {value}")
     return value
@@ -263,20 +281,25 @@ def _metadata_text() -> str:
         return request.form["metadata"]
     part = request.files.get("metadata")
     if part is not None:
-        data: bytes = part.read(256 * 1024)
+        # One byte past the limit is enough for the size check to refuse it.
+        data: bytes = part.read(MAX_METADATA_BYTES + 1)
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
+            if len(data) > MAX_METADATA_BYTES:
+                raise InvalidMetadata(
+                    f"metadata is larger than the limit of {MAX_METADATA_BYTES} bytes"
+                ) from None
             raise MalformedRequest("the metadata part is not UTF-8 text") from None
     raise InvalidMetadata(
         "the multipart field 'metadata' (a JSON object with at least 'dataset') is required"
     )
 
 
-def _json_body() -> Any:
+def _json_body(what: str) -> Any:
     if not request.data:
         raise MalformedRequest("the request body must be JSON")
-    return load_metadata_json(request.get_data())
+    return load_json(request.get_data(), what)
 
 
 def _file_response(stored: StoredFile, *, etag: str) -> Response:
@@ -284,6 +307,8 @@ def _file_response(stored: StoredFile, *, etag: str) -> Response:
     response.set_etag(etag)
     response.headers["Cache-Control"] = _FILE_CACHE_CONTROL
     response.make_conditional(request)
+    if response.status_code == 412:  # werkzeug would send the bytes with it
+        return problem_response(412, "If-Match names a version of this file that it is not")
     return response
 
 

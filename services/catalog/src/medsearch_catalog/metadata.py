@@ -45,15 +45,20 @@ FIELDS = tuple(ImageMetadata.__dataclass_fields__)
 
 def load_metadata_json(text: str | bytes) -> Any:
     """Parse the metadata JSON text, bounded in size and depth."""
+    return load_json(text, "metadata")
+
+
+def load_json(text: str | bytes, what: str) -> Any:
+    """Parse a JSON request part of at most MAX_METADATA_BYTES; errors call it `what`."""
     size = len(text.encode() if isinstance(text, str) else text)
     if size > MAX_METADATA_BYTES:
-        raise InvalidMetadata(f"metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}")
+        raise InvalidMetadata(f"{what} is {size} bytes; the limit is {MAX_METADATA_BYTES}")
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
-        raise InvalidMetadata("metadata is nested too deeply") from None
+        raise InvalidMetadata(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"metadata is not valid JSON: {exc}") from None
+        raise MalformedRequest(f"{what} is not valid JSON: {exc}") from None
 
 
 def _reject_constant(name: str) -> Any:
