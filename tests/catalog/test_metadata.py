@@ -7,7 +7,6 @@ import pytest
 from medsearch_catalog.errors import InvalidMetadata, MalformedRequest
 from medsearch_catalog.metadata import (
     ImageMetadata,
-    apply_changes,
     load_metadata_json,
     parse_metadata,
     parse_metadata_changes,
@@ -58,11 +57,8 @@ def test_unicode_text_is_kept() -> None:
     )
 
 
-def test_changes_keep_nulls_and_apply_over_existing() -> None:
-    changes = parse_metadata_changes({"age": None, "findings": ["Mass"]})
-    assert changes == {"age": None, "findings": ("Mass",)}
-    updated = apply_changes(ImageMetadata(dataset="x", age=4), changes)
-    assert updated == ImageMetadata(dataset="x", age=None, findings=("Mass",))
+def test_changes_keep_nulls_to_clear_fields() -> None:
+    assert parse_metadata_changes({"age": None, "findings": ["Mass"]}) == {"age": None, "findings": ("Mass",)}
 
 
 def test_json_loading_bounds_size_depth_and_refuses_nan() -> None:

@@ -82,10 +82,6 @@ def parse_metadata_changes(raw: Any) -> dict[str, Any]:
     return values
 
 
-def apply_changes(metadata: ImageMetadata, changes: dict[str, Any]) -> ImageMetadata:
-    return ImageMetadata(**{**asdict(metadata), **changes})
-
-
 def _validated_fields(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidMetadata(f"metadata must be a JSON object, got {_json_type(raw)}")
