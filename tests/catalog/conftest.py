@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from PIL import Image
 from psycopg import sql
 from werkzeug.test import TestResponse
 
@@ -81,6 +82,15 @@ def upload(
         data={"file": (io.BytesIO(data), filename), "metadata": text},
         content_type="multipart/form-data",
     )
+
+
+def png(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A small distinct grayscale PNG (distinct bytes: distinct sha256)."""
+    image = Image.new("L", size, color=seed % 256)
+    image.putpixel((seed % size[0], 0), (seed * 7 + 1) % 256)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from tests.catalog.conftest import labelled_images, upload
-
-
-def png(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    """A small distinct grayscale PNG (distinct bytes: distinct sha256)."""
-    image = Image.new("L", size, color=seed % 256)
-    image.putpixel((seed % size[0], 0), (seed * 7 + 1) % 256)
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+from tests.catalog.conftest import labelled_images, png, upload
 
 
 def add(client: FlaskClient, seed: int, **metadata: Any) -> dict[str, Any]:

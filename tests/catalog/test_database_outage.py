@@ -15,8 +15,7 @@ from psycopg import sql
 
 from medsearch_catalog.app import create_app
 from medsearch_catalog.settings import CatalogSettings
-from tests.catalog.conftest import row_counts, upload
-from tests.catalog.test_api import png
+from tests.catalog.conftest import png, row_counts, upload
 from tests.support.proxy import CuttableProxy
 
 # Generous: these guard against a hang, they do not measure speed.

@@ -24,7 +24,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
-from tests.catalog.conftest import row_counts, upload
+from tests.catalog.conftest import png, row_counts, upload
 
 DOCUMENT: dict[str, Any] = json.loads(
     (resources.files("medsearch_catalog") / "openapi.json").read_text(encoding="utf-8")
@@ -74,14 +74,6 @@ def check(response: TestResponse, path: str, method: str) -> Any:
     errors = schema_errors(where + pointer("content", response.mimetype, "schema"), body)
     assert not errors, f"{method.upper()} {path} {status} does not match the document:\n" + "\n".join(errors)
     return body
-
-
-def png(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
-    image = Image.new("L", size, color=seed % 256)
-    image.putpixel((seed % size[0], 0), (seed * 7 + 1) % 256)
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 def add(client: FlaskClient, seed: int, **metadata: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from tests.catalog.test_api import png
+from tests.catalog.conftest import png
 
 SECRET_PATIENT = "PATIENT-SECRET-4711"
 
