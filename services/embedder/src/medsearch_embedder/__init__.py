@@ -1,0 +1,1 @@
+"""MedSearch embedder: model-specific preprocessing and inference (ResNet-50)."""
