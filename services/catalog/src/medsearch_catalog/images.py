@@ -134,8 +134,6 @@ def displayable(image: Image.Image) -> Image.Image:
         scale = 255.0 / (high - low) if high > low else 0.0
         offset = -low * scale
         return wide.point(lambda v: v * scale + offset).convert("L")
-    if image.mode in ("L", "1"):
-        return image.convert("L")
-    if image.mode == "LA":
+    if image.mode in ("L", "LA", "1"):
         return image.convert("L")
     return image.convert("RGB")

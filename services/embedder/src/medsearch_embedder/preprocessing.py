@@ -94,11 +94,8 @@ def _to_gray8(image: Image.Image) -> Image.Image:
     """8-bit grayscale: deeper images stretched over their own range, alpha and colour dropped."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _stretch(np.asarray(image, dtype=np.float64))
-    if image.mode == "L":
-        return image
-    if image.mode in ("LA", "La", "PA"):
-        image = image.convert(image.mode.replace("A", "").replace("a", "") or "L")
-    return image.convert("L")
+    # Pillow's own conversion drops alpha and takes the luma of colour.
+    return image if image.mode == "L" else image.convert("L")
 
 
 def _read_dicom(data: bytes, limits: InputLimits) -> Image.Image:
