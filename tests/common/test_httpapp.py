@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from flask import Flask, abort, request
@@ -43,7 +43,9 @@ class ImageRejected(Exception):
 
 
 class DependencyDown(Exception):
-    """A domain error the test service maps to a 5xx status."""
+    """A domain error the test service maps to a 5xx status; it asks callers to wait."""
+
+    problem_headers: ClassVar[dict[str, int]] = {"Retry-After": 3}
 
 
 def build_app(
@@ -204,6 +206,12 @@ def test_problem_extensions_of_an_error_become_members(client: FlaskClient) -> N
     body = problem_of(client.get("/raise/extensions"), 422)
     assert body["reasons"] == ["too small", "not grayscale"]
     assert body["type"] == "urn:medsearch:problem:image-rejected"
+
+
+def test_problem_headers_of_an_error_go_on_the_response(client: FlaskClient) -> None:
+    response = client.get("/raise/dependency")
+    problem_of(response, 503)
+    assert response.headers["Retry-After"] == "3"
 
 
 def test_mapped_server_error_is_logged_as_a_dependency_failure(

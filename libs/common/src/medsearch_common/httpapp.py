@@ -122,7 +122,9 @@ def create_service_app(
             if status is not None:
                 if status >= 500:
                     log.warning("dependency failure", extra={"error": str(exc), "kind": type(exc).__name__})
-                return problem_response(status, str(exc), slug=slug_of(type(exc)), **_extensions_of(exc))
+                response = problem_response(status, str(exc), slug=slug_of(type(exc)), **_extensions_of(exc))
+                response.headers.update(_headers_of(exc))
+                return response
         log.exception("unhandled error")
         return problem_response(500, "The service failed unexpectedly; the request ID is in the logs.")
 
@@ -159,3 +161,9 @@ def _extensions_of(exc: Exception) -> dict[str, Any]:
     """Extra problem members an error carries in its `problem_extensions` attribute."""
     extensions = getattr(exc, "problem_extensions", None)
     return dict(extensions) if isinstance(extensions, Mapping) else {}
+
+
+def _headers_of(exc: Exception) -> dict[str, str]:
+    """Response headers an error carries in its `problem_headers` attribute (e.g. Retry-After)."""
+    headers = getattr(exc, "problem_headers", None)
+    return {str(k): str(v) for k, v in headers.items()} if isinstance(headers, Mapping) else {}

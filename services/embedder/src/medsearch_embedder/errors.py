@@ -1,4 +1,6 @@
-"""What can go wrong turning an upload into a model input; the app maps each to a status."""
+"""What can go wrong in the embedder, and the HTTP status of each."""
+
+from typing import ClassVar
 
 
 class ImageRejected(Exception):
@@ -23,3 +25,50 @@ class TooManyPixels(ImageRejected):
 
 class MultiFrameImage(ImageRejected):
     """A DICOM with several frames: which one to embed is not ours to guess (422)."""
+
+
+class BlankImage(ImageRejected):
+    """The model sees nothing in it: its features are all zero, so no similarity can be scored (422)."""
+
+
+class MalformedRequest(Exception):
+    """The request itself is wrong: not multipart, no files, files in the wrong field (400)."""
+
+
+class TooManyImages(Exception):
+    """More images in one request than the configured limit (413)."""
+
+
+class WeightsUnavailable(Exception):
+    """The configured weights cannot be had; the message says how to provide them. Stops the start."""
+
+
+class ModelNotReady(Exception):
+    """The model is still loading, or failed to load (503)."""
+
+    problem_headers: ClassVar[dict[str, int]] = {"Retry-After": 5}
+
+
+class Overloaded(Exception):
+    """The batch queue is full, or the wait for a batch ran out: try again shortly (503)."""
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.problem_headers = {"Retry-After": retry_after_s}
+
+
+# The HTTP status of each error; a subclass not listed takes its nearest listed parent's.
+ERROR_STATUSES: dict[type[Exception], int] = {
+    ImageRejected: 422,
+    NotAnImage: 415,
+    UnsupportedImage: 415,
+    UploadTooLarge: 413,
+    MalformedRequest: 400,
+    TooManyImages: 413,
+    ModelNotReady: 503,
+    Overloaded: 503,
+}
+
+
+def status_of(error: Exception) -> int:
+    return next(ERROR_STATUSES[c] for c in type(error).__mro__ if c in ERROR_STATUSES)

@@ -1,0 +1,95 @@
+"""The embedder's HTTP API: parse the request, call the core, serialize the answer."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.datastructures import FileStorage
+
+from medsearch_common.problems import problem_response, problem_type, slug_of
+from medsearch_embedder.errors import ImageRejected, MalformedRequest, TooManyImages, status_of
+from medsearch_embedder.service import EmbeddingService
+
+EMBEDDER_EXTENSION = "medsearch_embedder"
+
+blueprint = Blueprint("embedder", __name__, url_prefix="/v1")
+
+
+def _service() -> EmbeddingService:
+    service: EmbeddingService = current_app.extensions[EMBEDDER_EXTENSION]
+    return service
+
+
+@blueprint.post("/embeddings")
+def create_embeddings() -> Response:
+    service = _service()
+    outcomes = service.embed([upload.read() for upload in _uploads()])
+    data = [
+        {"index": i, "embedding": outcome.tolist()}
+        for i, outcome in enumerate(outcomes)
+        if not isinstance(outcome, ImageRejected)
+    ]
+    errors = [
+        _image_error(i, outcome) for i, outcome in enumerate(outcomes) if isinstance(outcome, ImageRejected)
+    ]
+    if data:
+        return jsonify(model=service.model_info().to_json(), data=data, errors=errors)
+    # Nothing to return: the request as a whole failed, for the reasons listed.
+    statuses = {error["status"] for error in errors}
+    status = statuses.pop() if len(statuses) == 1 else 422
+    if len(errors) == 1:
+        return problem_response(status, errors[0]["detail"], slug=_slug(outcomes[0]), errors=errors)  # type: ignore[arg-type]
+    return problem_response(
+        status,
+        f"none of the {len(errors)} images could be embedded; see errors",
+        slug="images-rejected",
+        errors=errors,
+    )
+
+
+@blueprint.get("/model")
+def get_model() -> Response:
+    return jsonify(_service().model_info().to_json())
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    document = (resources.files("medsearch_embedder") / "openapi.json").read_text(encoding="utf-8")
+    return Response(document, mimetype="application/json")
+
+
+def _uploads() -> list[FileStorage]:
+    limit = _service().settings.max_images_per_request
+    if request.mimetype != "multipart/form-data":
+        raise MalformedRequest(
+            "send the images as multipart/form-data, one file per part in the field 'images'"
+            + (f" (got {request.mimetype})" if request.mimetype else "")
+        )
+    others = sorted(name for name in request.files if name != "images")
+    if others:
+        raise MalformedRequest(
+            f"unexpected file field {', '.join(map(repr, others))}: send images in 'images'"
+        )
+    if "images" in request.form:
+        raise MalformedRequest("the field 'images' must hold files, not text")
+    uploads = request.files.getlist("images")
+    if not uploads:
+        raise MalformedRequest("no file in the multipart field 'images'")
+    if len(uploads) > limit:
+        raise TooManyImages(f"{len(uploads)} images in one request; the limit is {limit}")
+    return uploads
+
+
+def _slug(error: ImageRejected) -> str:
+    return slug_of(type(error))
+
+
+def _image_error(index: int, error: ImageRejected) -> dict[str, Any]:
+    return {
+        "index": index,
+        "status": status_of(error),
+        "type": problem_type(_slug(error)),
+        "detail": str(error),
+    }

@@ -1,0 +1,121 @@
+"""Dynamic batching, as Triton and TF Serving do it: concurrent requests share model calls.
+
+Inputs wait in a bounded queue. One inference thread takes up to `max_batch` of them, waiting
+at most `max_delay_s` after the oldest arrived for others to join. A full queue refuses new
+work at once (the caller answers 503 with Retry-After) instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medsearch_embedder.errors import Overloaded
+
+RunBatch = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+
+
+@dataclass
+class _Item:
+    image: NDArray[np.uint8]
+    arrived: float
+    result: Future[NDArray[np.float32]] = field(default_factory=Future)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._max_delay_s = max_delay_s
+        self._max_queue = max_queue
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._seconds_per_batch = 0.0  # a moving average, for Retry-After
+        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        """Inputs waiting for the model (not counting the batch it is running)."""
+        return len(self._queue)
+
+    def submit(self, images: Sequence[NDArray[np.uint8]]) -> list[Future[NDArray[np.float32]]]:
+        """Queue all of `images` or none of them; each future gives one vector."""
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            if len(self._queue) + len(images) > self._max_queue:
+                raise Overloaded(
+                    f"the embedder is busy: {len(self._queue)} images wait for the model "
+                    f"(at most {self._max_queue}); try again shortly",
+                    retry_after_s=self._retry_after_s(),
+                )
+            now = time.monotonic()
+            items = [_Item(image, now) for image in images]
+            self._queue.extend(items)
+            self._changed.notify_all()
+        return [item.result for item in items]
+
+    def close(self) -> None:
+        """Stop after the queued inputs are done."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _retry_after_s(self) -> int:
+        batches_ahead = math.ceil((len(self._queue) + 1) / self._max_batch)
+        return max(1, min(60, math.ceil(batches_ahead * self._seconds_per_batch)))
+
+    def _next_batch(self) -> list[_Item] | None:
+        with self._changed:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._changed.wait()
+            deadline = self._queue[0].arrived + self._max_delay_s
+            while len(self._queue) < self._max_batch and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+
+    def _serve(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            # A caller that gave up has cancelled its future: skip its input.
+            live = [item for item in batch if item.result.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            started = time.perf_counter()
+            try:
+                vectors = self._run_batch(np.stack([item.image for item in live]))
+            except Exception as exc:  # every waiting caller learns why, and the thread goes on
+                for item in live:
+                    item.result.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - started
+            self._seconds_per_batch = (
+                elapsed if not self._seconds_per_batch else 0.8 * self._seconds_per_batch + 0.2 * elapsed
+            )
+            for item, vector in zip(live, vectors, strict=True):
+                item.result.set_result(vector)
+            if self._on_batch is not None:
+                self._on_batch(len(live), elapsed)

@@ -1,0 +1,160 @@
+"""The embedder's core, without HTTP: load the model, decode uploads in parallel, batch, embed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from medsearch_embedder.batching import DynamicBatcher
+from medsearch_embedder.errors import BlankImage, ImageRejected, ModelNotReady, Overloaded
+from medsearch_embedder.model import Embedder, ModelInfo, load_embedder
+from medsearch_embedder.preprocessing import InputLimits, prepare
+from medsearch_embedder.settings import EmbedderSettings
+from medsearch_embedder.weights import locate_weights
+
+log = logging.getLogger("medsearch.embedder")
+
+# One outcome per uploaded image, in order: its vector, or why it was rejected.
+Outcome = NDArray[np.float32] | ImageRejected
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_size = Histogram(
+            "embedder_batch_size",
+            "Images per model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
+        self.inference_seconds = Histogram(
+            "embedder_inference_seconds",
+            "Time of one model call (one batch).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=registry,
+        )
+        self.preprocessing_seconds = Histogram(
+            "embedder_preprocessing_seconds",
+            "Time to decode, check and resize one image.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self.queue_depth = Gauge("embedder_queue_depth", "Images waiting for the model.", registry=registry)
+        self.images = Counter(
+            "embedder_images_total", "Images received, by outcome.", ["outcome"], registry=registry
+        )
+
+
+class EmbeddingService:
+    """Owns the model and the batcher. Give it an `embedder` to skip loading (tests share one)."""
+
+    def __init__(
+        self,
+        settings: EmbedderSettings,
+        registry: CollectorRegistry,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.settings = settings
+        self._limits = InputLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self._metrics = _Metrics(registry)
+        self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._embedder: Embedder | None = None
+        self._batcher: DynamicBatcher | None = None
+        self._load_error: str | None = None
+        self._metrics.queue_depth.set_function(lambda: self._batcher.depth() if self._batcher else 0)
+        if embedder is not None:
+            self._start(embedder)
+        else:
+            threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+
+    def readiness(self) -> str | None:
+        """None when the model is loaded and warm, else why not."""
+        if self._embedder is not None:
+            return None
+        return f"the model failed to load: {self._load_error}" if self._load_error else "the model is loading"
+
+    def model_info(self) -> ModelInfo:
+        return self._ready_embedder().info
+
+    def embed(self, uploads: Sequence[bytes]) -> list[Outcome]:
+        """One outcome per upload, in order; a bad image does not fail the others."""
+        embedder = self._ready_embedder()
+        outcomes: list[Outcome | NDArray[np.uint8]] = list(self._decoder.map(self._prepare, uploads))
+        good = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, ImageRejected)]
+        assert self._batcher is not None and embedder is not None
+        futures = self._batcher.submit([outcomes[i] for i in good])  # type: ignore[misc]
+        deadline = time.monotonic() + self.settings.wait_timeout_s
+        try:
+            for i, future in zip(good, futures, strict=True):
+                vector = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                # All-zero features normalize to a zero vector, which no similarity can score.
+                outcomes[i] = (
+                    vector
+                    if np.linalg.norm(vector) > 0.5
+                    else BlankImage("the model finds no features in it")
+                )
+        except FutureTimeout:
+            for future in futures:
+                future.cancel()
+            raise Overloaded(
+                f"the model did not get to these images within {self.settings.wait_timeout_s:g} s",
+                retry_after_s=5,
+            ) from None
+        for outcome in outcomes:
+            self._metrics.images.labels(
+                "rejected" if isinstance(outcome, ImageRejected) else "embedded"
+            ).inc()
+        return outcomes  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+        self._decoder.shutdown()
+
+    def _prepare(self, data: bytes) -> NDArray[np.uint8] | ImageRejected:
+        with self._metrics.preprocessing_seconds.time():
+            try:
+                return prepare(data, self._limits)
+            except ImageRejected as exc:
+                return exc
+
+    def _ready_embedder(self) -> Embedder:
+        if self._embedder is None:
+            raise ModelNotReady(f"the embedder is not ready: {self.readiness()}")
+        return self._embedder
+
+    def _load(self) -> None:
+        settings = self.settings
+        try:
+            embedder = load_embedder(
+                locate_weights(settings.weights),
+                device=settings.device,
+                precision=settings.precision,
+                max_batch=settings.max_batch,
+            )
+        except Exception as exc:
+            self._load_error = str(exc) or type(exc).__name__
+            log.error("model failed to load", extra={"error": self._load_error})
+            return
+        self._start(embedder)
+
+    def _start(self, embedder: Embedder) -> None:
+        def observe(size: int, seconds: float) -> None:
+            self._metrics.batch_size.observe(size)
+            self._metrics.inference_seconds.observe(seconds)
+
+        self._batcher = DynamicBatcher(
+            embedder.embed,
+            max_batch=min(self.settings.max_batch, embedder.max_batch),
+            max_delay_s=self.settings.max_delay_ms / 1000,
+            max_queue=self.settings.max_queue,
+            on_batch=observe,
+        )
+        self._embedder = embedder  # last: readiness turns true only with the batcher in place
