@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,9 @@ import requests
 from flask.testing import FlaskClient
 
 from tests.catalog.conftest import png
+from tests.support.processes import free_port, wait_ready
 
 SECRET_PATIENT = "PATIENT-SECRET-4711"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -40,16 +34,7 @@ def catalog_process(catalog: FlaskClient, database_url: str, tmp_path: Path) -> 
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_ready(base, process, log_path, timeout_s=30)
         yield base, log_path
     finally:
         process.send_signal(signal.SIGTERM)

@@ -10,15 +10,7 @@ import pydicom
 import pytest
 from numpy.typing import NDArray
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    UID,
-    ExplicitVRLittleEndian,
-    JPEGLSLossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import JPEGLSLossless
 
 from medsearch_embedder.errors import (
     ImageRejected,
@@ -29,49 +21,10 @@ from medsearch_embedder.errors import (
     UploadTooLarge,
 )
 from medsearch_embedder.preprocessing import INPUT_SIZE, InputLimits, prepare, read_grayscale
+from tests.embedder.dicoms import dicom
 
 LIMITS = InputLimits(max_bytes=50 * 1024 * 1024, max_pixels=64_000_000)
 NIH = "nih_cxr14/images/00000075_000.png"
-
-
-def dicom(
-    pixels: NDArray[np.integer],
-    *,
-    photometric: str = "MONOCHROME2",
-    slope: float | None = None,
-    intercept: float | None = None,
-    window: tuple[float, float] | None = None,
-    frames: int = 1,
-    syntax: UID = ExplicitVRLittleEndian,
-) -> bytes:
-    """A minimal single-image DICOM file (Part 10, with preamble) holding `pixels`."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape[-2], pixels.shape[-1]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    bits = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsAllocated = ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    # A compressed syntax wants fragments; their content only has to reach the decoder.
-    ds.PixelData = encapsulate([pixels.tobytes()]) if syntax.is_compressed else pixels.tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import atexit
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
 from medsearch_common.httpapp import create_service_app, metrics_registry
 from medsearch_embedder.api import EMBEDDER_EXTENSION, blueprint
 from medsearch_embedder.errors import ERROR_STATUSES
-from medsearch_embedder.model import Embedder
 from medsearch_embedder.service import EmbeddingService
 from medsearch_embedder.settings import EmbedderSettings
+
+if TYPE_CHECKING:
+    from medsearch_embedder.model import Embedder  # imports TensorFlow: only the loader thread does
 
 # Room for the multipart framing around the images.
 _FORM_OVERHEAD_BYTES = 1024 * 1024

@@ -150,8 +150,8 @@ def model_id(weights: WeightsSpec, model: keras.Model) -> str:
     """`resnet50-<weights>-<digest>`: the digest covers the weights' values and the preprocessing
     version, so different vectors never share an ID, however the same weights were loaded."""
     digest = hashlib.sha256(f"{ARCHITECTURE}/{PREPROCESSING_VERSION}".encode())
-    for array in model.get_weights():
-        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(variable.numpy(), dtype=np.float32).tobytes())
     return f"{ARCHITECTURE}-{_weights_label(weights)}-{digest.hexdigest()[:10]}"
 
 

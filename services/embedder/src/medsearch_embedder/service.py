@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -15,10 +16,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from medsearch_embedder.batching import DynamicBatcher
 from medsearch_embedder.errors import BlankImage, ImageRejected, ModelNotReady, Overloaded
-from medsearch_embedder.model import Embedder, ModelInfo, load_embedder
 from medsearch_embedder.preprocessing import InputLimits, prepare
 from medsearch_embedder.settings import EmbedderSettings
 from medsearch_embedder.weights import locate_weights
+
+if TYPE_CHECKING:
+    from medsearch_embedder.model import Embedder, ModelInfo
 
 log = logging.getLogger("medsearch.embedder")
 
@@ -131,6 +134,10 @@ class EmbeddingService:
         return self._embedder
 
     def _load(self) -> None:
+        # TensorFlow is imported here, in the loader thread, so the process answers /healthz
+        # and /readyz ("loading") within a second of starting instead of after the import.
+        from medsearch_embedder.model import load_embedder
+
         settings = self.settings
         try:
             embedder = load_embedder(

@@ -1,0 +1,336 @@
+"""The embedder's OpenAPI document: valid, complete, shipped, and true to what the API really answers.
+
+Real requests go through the app on the session's ResNet-50; each answer is checked against what the
+document gives for that path, method and status: its media type, its required headers and its JSON
+body. The response schemas forbid unknown members, so a field added, renamed or dropped in the code
+without the document fails here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from PIL import Image
+from pydicom.uid import JPEGLSLossless
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+from werkzeug.test import TestResponse
+
+from medsearch_embedder.app import create_app
+from medsearch_embedder.weights import WeightsSpec
+from tests.conftest import REPO_ROOT
+from tests.embedder.conftest import embedder_settings, post_images
+from tests.embedder.dicoms import dicom
+
+DOCUMENT: dict[str, Any] = json.loads(
+    (resources.files("medsearch_embedder") / "openapi.json").read_text(encoding="utf-8")
+)
+DOCUMENT_URI = "urn:medsearch:embedder:openapi"
+# The whole document as one schema resource, so that its "#/components/..." references resolve.
+REGISTRY: Registry = Registry().with_resource(DOCUMENT_URI, DRAFT202012.create_resource(DOCUMENT))
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+PROBLEM = "urn:medsearch:problem:"
+EMBEDDINGS = "/v1/embeddings"
+
+NIH_L = "nih_cxr14/images/00000075_000.png"
+NIH_RGBA = "nih_cxr14/images/00000100_000.png"
+HANNOVER = "covid_hannover/images/006f3a8a.png"
+# How long a failed model load may take to show in /readyz before the test gives up (a hang guard).
+LOAD_FAILURE_TIMEOUT_S = 120.0
+
+
+def pointer(*parts: str) -> str:
+    """A JSON pointer (RFC 6901) to the given keys."""
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def resolved(node: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
+    """`node` (found at the pointer `where`) with its `$ref` followed, and where it really is."""
+    if "$ref" not in node:
+        return node, where
+    target = node["$ref"].removeprefix("#")
+    contents: dict[str, Any] = REGISTRY.resolver().lookup(f"{DOCUMENT_URI}#{target}").contents
+    return contents, target
+
+
+def schema_errors(ref: str, instance: Any) -> list[str]:
+    """Why `instance` fails the schema at `ref` (a pointer into the document), as readable lines."""
+    validator = Draft202012Validator(
+        {"$ref": f"{DOCUMENT_URI}#{ref}"},
+        registry=REGISTRY,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(instance)
+    ]
+
+
+def check(response: TestResponse, path: str, method: str) -> Any:
+    """Assert that the document describes this real response (media type, headers, JSON body); return the body."""
+    responses = DOCUMENT["paths"][path][method]["responses"]
+    status = str(response.status_code)
+    assert status in responses, f"{method.upper()} {path} answered {status}, which the document does not list"
+    described, where = resolved(responses[status], pointer("paths", path, method, "responses", status))
+    for name, header in described.get("headers", {}).items():
+        header, header_at = resolved(header, where + pointer("headers", name))
+        if name not in response.headers:
+            assert not header.get("required"), f"{status} lacks the required header {name}"
+            continue
+        errors = schema_errors(header_at + "/schema", response.headers[name])
+        assert not errors, f"header {name} of {status} does not match the document: {errors}"
+    content = described.get("content", {})
+    assert response.mimetype in content, f"{response.mimetype} is not among {sorted(content)} for {status}"
+    if not response.mimetype.endswith("json"):
+        return response.data
+    body = response.json
+    errors = schema_errors(where + pointer("content", response.mimetype, "schema"), body)
+    assert not errors, f"{method.upper()} {path} {status} does not match the document:\n" + "\n".join(errors)
+    if response.mimetype == "application/problem+json":
+        assert body["status"] == response.status_code  # type: ignore[index]
+    return body
+
+
+def assert_plain_problem(response: TestResponse) -> dict[str, Any]:
+    """For the answers the document states in words only (an unknown path, a method a path lacks)."""
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.json  # type: ignore[assignment]
+    errors = schema_errors("/components/schemas/Problem", body)
+    assert not errors, errors
+    assert body["status"] == response.status_code and body["type"] == "about:blank"
+    return body
+
+
+@pytest.fixture(scope="module")
+def xrays(test_data: Path) -> list[bytes]:
+    """Three real X-rays: NIH 8-bit gray, NIH RGBA, Hannover (not square)."""
+    return [(test_data / path).read_bytes() for path in (NIH_L, NIH_RGBA, HANNOVER)]
+
+
+def corner_of(xray: bytes) -> Any:
+    return np.asarray(Image.open(io.BytesIO(xray)).convert("L"))[:64, :64]
+
+
+# -- the document itself ---------------------------------------------------------------------------------
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    validate(DOCUMENT)
+    assert DOCUMENT["openapi"] == "3.1.0"
+
+
+def test_the_package_ships_the_document() -> None:
+    # An editable install finds the file in src/; a built wheel only when package-data names it.
+    project = tomllib.loads((REPO_ROOT / "services/embedder/pyproject.toml").read_text(encoding="utf-8"))
+    assert "openapi.json" in project["tool"]["setuptools"]["package-data"]["medsearch_embedder"]
+
+
+def test_the_served_document_is_the_file(client: FlaskClient) -> None:
+    response = client.get("/v1/openapi.json")
+    assert check(response, "/v1/openapi.json", "get") == DOCUMENT
+
+
+def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(client: FlaskClient) -> None:
+    app = client.application
+    routes = {
+        (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    assert {(EMBEDDINGS, "post"), ("/v1/model", "get"), ("/readyz", "get")} <= routes
+    documented = {
+        (path, method)
+        for path, item in DOCUMENT["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+    assert routes - documented == set(), "routes missing from openapi.json"
+    assert documented - routes == set(), "openapi.json documents routes the app does not have"
+
+
+# -- real answers against the document -------------------------------------------------------------------
+
+
+def test_embeddings_of_several_images(client: FlaskClient, xrays: list[bytes]) -> None:
+    response = post_images(client, xrays)
+    assert response.status_code == 200
+    body = check(response, EMBEDDINGS, "post")
+    assert [item["index"] for item in body["data"]] == [0, 1, 2] and body["errors"] == []
+    model = client.get("/v1/model")
+    assert check(model, "/v1/model", "get") == body["model"]
+    assert body["model"]["meaningful"] is False and body["model"]["warning"]
+
+
+def test_embeddings_with_some_images_rejected(client: FlaskClient, xrays: list[bytes]) -> None:
+    response = post_images(client, [xrays[0], b"not an image", xrays[2][:300]])
+    assert response.status_code == 200
+    body = check(response, EMBEDDINGS, "post")
+    assert [item["index"] for item in body["data"]] == [0]
+    assert [(e["index"], e["status"]) for e in body["errors"]] == [(1, 415), (2, 422)]
+
+
+Send = Callable[[FlaskClient, list[bytes]], TestResponse]
+
+PROBLEM_CASES: list[tuple[str, dict[str, Any], Send, int, str]] = [
+    (
+        "not multipart",
+        {},
+        lambda c, x: c.post(EMBEDDINGS, data=x[0], content_type="image/png"),
+        400,
+        "malformed-request",
+    ),
+    (
+        "no file",
+        {},
+        lambda c, x: c.post(EMBEDDINGS, data={"note": "x"}, content_type="multipart/form-data"),
+        400,
+        "malformed-request",
+    ),
+    (
+        "too many images",
+        {"max_images_per_request": 2, "max_queue": 2},
+        lambda c, x: post_images(c, x),
+        413,
+        "too-many-images",
+    ),
+    ("request too large", {"max_request_bytes": 1024}, lambda c, x: post_images(c, x * 2), 413, ""),
+    ("image too large", {"max_image_bytes": 1024}, lambda c, x: post_images(c, x[:1]), 413, "upload-too-large"),
+    (
+        "images too large",
+        {"max_image_bytes": 1024},
+        lambda c, x: post_images(c, x[:2]),
+        413,
+        "images-rejected",
+    ),
+    ("not an image", {}, lambda c, x: post_images(c, [b"GIF89a" + bytes(40)]), 415, "not-an-image"),
+    (
+        "DICOM without a decoder",
+        {},
+        lambda c, x: post_images(c, [dicom(corner_of(x[0]), syntax=JPEGLSLossless)]),
+        415,
+        "unsupported-image",
+    ),
+    ("truncated", {}, lambda c, x: post_images(c, [x[0][: len(x[0]) // 2]]), 422, "image-rejected"),
+    ("too many pixels", {"max_image_pixels": 1024}, lambda c, x: post_images(c, x[:1]), 422, "too-many-pixels"),
+    (
+        "multi-frame DICOM",
+        {},
+        lambda c, x: post_images(c, [dicom(np.stack([corner_of(x[0])] * 2), frames=2)]),
+        422,
+        "multi-frame-image",
+    ),
+    (
+        "different reasons",
+        {},
+        lambda c, x: post_images(c, [b"text", x[0][:300]]),
+        422,
+        "images-rejected",
+    ),
+    (
+        "same reason",
+        {},
+        lambda c, x: post_images(c, [b"text", b"%PDF-1.7\n"]),
+        415,
+        "images-rejected",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "send", "status", "slug"),
+    [case[1:] for case in PROBLEM_CASES],
+    ids=[case[0] for case in PROBLEM_CASES],
+)
+def test_each_refusal_of_embeddings_is_a_documented_problem(
+    make_embedder_app: Callable[..., Flask],
+    xrays: list[bytes],
+    settings: dict[str, Any],
+    send: Send,
+    status: int,
+    slug: str,
+) -> None:
+    response = send(make_embedder_app(**settings).test_client(), xrays)
+    assert response.status_code == status, response.get_data(as_text=True)
+    problem = check(response, EMBEDDINGS, "post")
+    assert problem["type"] == (PROBLEM + slug if slug else "about:blank")
+
+
+def test_unknown_path_and_wrong_method_are_the_problems_the_document_states(client: FlaskClient) -> None:
+    assert client.get("/v2/embeddings").status_code == 404
+    assert_plain_problem(client.get("/v2/embeddings"))
+    wrong_method = client.get(EMBEDDINGS)
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
+    assert_plain_problem(wrong_method)
+
+
+@pytest.fixture
+def unloadable_app(tmp_path: Path) -> Iterator[Flask]:
+    """An app that loads its own model from a weights file holding garbage: the load fails."""
+    weights = tmp_path / "x.h5"
+    weights.write_bytes(b"these bytes are not HDF5 weights\n" * 32)
+    app = create_app(embedder_settings(weights=WeightsSpec("file", path=weights)))
+    app.testing = True
+    yield app
+    app.extensions["medsearch_embedder"].close()
+
+
+def test_a_model_that_failed_to_load_gives_documented_503s(unloadable_app: Flask, xrays: list[bytes]) -> None:
+    client = unloadable_app.test_client()
+    deadline = time.monotonic() + LOAD_FAILURE_TIMEOUT_S
+    while True:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        reason = check(ready, "/readyz", "get")["checks"]["model"]
+        if reason.startswith("the model failed to load"):
+            break
+        assert reason == "the model is loading"
+        if time.monotonic() > deadline:
+            pytest.fail(f"/readyz did not report the failed load within {LOAD_FAILURE_TIMEOUT_S:g} s")
+        time.sleep(0.05)
+    assert "x.h5" in reason
+
+    for response, path, method in [
+        (post_images(client, xrays[:1]), EMBEDDINGS, "post"),
+        (client.get("/v1/model"), "/v1/model", "get"),
+    ]:
+        assert response.status_code == 503
+        problem = check(response, path, method)
+        assert problem["type"] == PROBLEM + "model-not-ready" and "failed to load" in problem["detail"]
+        assert int(response.headers["Retry-After"]) >= 1
+    assert check(client.get("/healthz"), "/healthz", "get") == {"status": "ok", "service": "embedder"}
+
+
+def test_a_wait_for_the_model_that_runs_out_is_a_documented_503(
+    make_embedder_app: Callable[..., Flask], xrays: list[bytes]
+) -> None:
+    # The batcher holds a lone image for up to a minute waiting for company; the request waits 0 s.
+    client = make_embedder_app(wait_timeout_s=0.0, max_delay_ms=60_000).test_client()
+    response = post_images(client, xrays[:1])
+    assert response.status_code == 503
+    assert check(response, EMBEDDINGS, "post")["type"] == PROBLEM + "overloaded"
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_health_readiness_model_and_metrics(client: FlaskClient) -> None:
+    assert check(client.get("/healthz"), "/healthz", "get") == {"status": "ok", "service": "embedder"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert check(ready, "/readyz", "get")["checks"] == {"model": "ok"}
+    model = check(client.get("/v1/model"), "/v1/model", "get")
+    assert model["weights"] == "random:42" and model["model_id"].startswith("resnet50-random42-")
+    assert b"embedder_batch_size" in check(client.get("/metrics"), "/metrics", "get")
