@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install test lint format clean
+.PHONY: install test lint format clean bench-embedder
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): requirements-dev.txt constraints.txt $(PACKAGE_FILES)
 
 test: install
 	$(BIN)/python -m pytest
+
+# Benchmarks: never part of `make test`; each writes bench-results/<name>.json.
+bench-embedder: install
+	$(BIN)/python benchmarks/bench_embedder.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -71,6 +71,10 @@ def build_app(
     def post_item() -> tuple[dict[str, Any], int]:
         return {"size": len(request.get_data())}, 201
 
+    @app.post("/form")
+    def post_form() -> dict[str, Any]:
+        return {"fields": sorted(request.form)}
+
     @app.get("/folder/")
     def folder() -> str:
         return "folder"
@@ -161,6 +165,16 @@ def test_too_large_body_is_problem_json_naming_the_limit(client: FlaskClient) ->
     body = problem_of(response, 413)
     assert body["title"] == "Request Entity Too Large"
     assert body["detail"] == "The request is larger than 64 bytes."
+
+
+def test_too_large_form_field_is_named_as_such() -> None:
+    app = build_app(max_content_length=10_000)
+    app.config["MAX_FORM_MEMORY_SIZE"] = 100
+    response = app.test_client().post(
+        "/form", data={"note": "x" * 500}, content_type="multipart/form-data"
+    )
+    body = problem_of(response, 413)
+    assert body["detail"] == "A text field of the form is larger than 100 bytes."
 
 
 def test_body_within_the_limit_is_accepted(client: FlaskClient) -> None:
@@ -378,6 +392,7 @@ def test_metrics_are_prometheus_text_with_durations(client: FlaskClient) -> None
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
+    assert response.headers["Content-Type"].count("charset") == 1
     names = {family.name for family in text_string_to_metric_families(response.get_data(as_text=True))}
     assert {"http_requests", "http_request_duration_seconds"} <= names
 

@@ -81,7 +81,7 @@ def schema_errors(ref: str, instance: Any) -> list[str]:
 
 
 def check(response: TestResponse, path: str, method: str) -> Any:
-    """Assert that the document describes this real response (media type, headers, JSON body); return the body."""
+    """Assert the document describes this real response (media type, headers, JSON body); return its body."""
     responses = DOCUMENT["paths"][path][method]["responses"]
     status = str(response.status_code)
     assert status in responses, f"{method.upper()} {path} answered {status}, which the document does not list"
@@ -94,13 +94,14 @@ def check(response: TestResponse, path: str, method: str) -> Any:
         errors = schema_errors(header_at + "/schema", response.headers[name])
         assert not errors, f"header {name} of {status} does not match the document: {errors}"
     content = described.get("content", {})
-    assert response.mimetype in content, f"{response.mimetype} is not among {sorted(content)} for {status}"
-    if not response.mimetype.endswith("json"):
+    mimetype = response.mimetype or ""
+    assert mimetype in content, f"{mimetype!r} is not among {sorted(content)} for {status}"
+    if not mimetype.endswith("json"):
         return response.data
     body = response.json
-    errors = schema_errors(where + pointer("content", response.mimetype, "schema"), body)
+    errors = schema_errors(where + pointer("content", mimetype, "schema"), body)
     assert not errors, f"{method.upper()} {path} {status} does not match the document:\n" + "\n".join(errors)
-    if response.mimetype == "application/problem+json":
+    if mimetype == "application/problem+json":
         assert body["status"] == response.status_code  # type: ignore[index]
     return body
 
@@ -125,7 +126,7 @@ def corner_of(xray: bytes) -> Any:
     return np.asarray(Image.open(io.BytesIO(xray)).convert("L"))[:64, :64]
 
 
-# -- the document itself ---------------------------------------------------------------------------------
+# -- the document itself -------------------------------------------------------------------------------------
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:
@@ -163,7 +164,7 @@ def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(
     assert documented - routes == set(), "openapi.json documents routes the app does not have"
 
 
-# -- real answers against the document -------------------------------------------------------------------
+# -- real answers against the document -----------------------------------------------------------------------
 
 
 def test_embeddings_of_several_images(client: FlaskClient, xrays: list[bytes]) -> None:
@@ -209,7 +210,13 @@ PROBLEM_CASES: list[tuple[str, dict[str, Any], Send, int, str]] = [
         "too-many-images",
     ),
     ("request too large", {"max_request_bytes": 1024}, lambda c, x: post_images(c, x * 2), 413, ""),
-    ("image too large", {"max_image_bytes": 1024}, lambda c, x: post_images(c, x[:1]), 413, "upload-too-large"),
+    (
+        "image too large",
+        {"max_image_bytes": 1024},
+        lambda c, x: post_images(c, x[:1]),
+        413,
+        "upload-too-large",
+    ),
     (
         "images too large",
         {"max_image_bytes": 1024},
@@ -226,7 +233,13 @@ PROBLEM_CASES: list[tuple[str, dict[str, Any], Send, int, str]] = [
         "unsupported-image",
     ),
     ("truncated", {}, lambda c, x: post_images(c, [x[0][: len(x[0]) // 2]]), 422, "image-rejected"),
-    ("too many pixels", {"max_image_pixels": 1024}, lambda c, x: post_images(c, x[:1]), 422, "too-many-pixels"),
+    (
+        "too many pixels",
+        {"max_image_pixels": 1024},
+        lambda c, x: post_images(c, x[:1]),
+        422,
+        "too-many-pixels",
+    ),
     (
         "multi-frame DICOM",
         {},
@@ -271,10 +284,11 @@ def test_each_refusal_of_embeddings_is_a_documented_problem(
 
 
 def test_unknown_path_and_wrong_method_are_the_problems_the_document_states(client: FlaskClient) -> None:
-    assert client.get("/v2/embeddings").status_code == 404
-    assert_plain_problem(client.get("/v2/embeddings"))
+    unknown = client.get("/v2/embeddings")
+    assert unknown.status_code == 404
+    assert_plain_problem(unknown)
     wrong_method = client.get(EMBEDDINGS)
-    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["Allow"].split(", ")
     assert_plain_problem(wrong_method)
 
 

@@ -111,8 +111,8 @@ def create_service_app(
             if exc.code is None or exc.code < 400:
                 return exc  # redirects (e.g. a missing trailing slash) stay redirects
             detail = exc.description or exc.name
-            if exc.code == 413 and app.config["MAX_CONTENT_LENGTH"]:
-                detail = f"The request is larger than {app.config['MAX_CONTENT_LENGTH']} bytes."
+            if exc.code == 413:
+                detail = _too_large_detail(app)
             response = problem_response(exc.code, detail, title=exc.name)
             if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
                 response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
@@ -146,7 +146,7 @@ def create_service_app(
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -167,3 +167,14 @@ def _headers_of(exc: Exception) -> dict[str, str]:
     """Response headers an error carries in its `problem_headers` attribute (e.g. Retry-After)."""
     headers = getattr(exc, "problem_headers", None)
     return {str(k): str(v) for k, v in headers.items()} if isinstance(headers, Mapping) else {}
+
+
+def _too_large_detail(app: Flask) -> str:
+    """Which limit a 413 from werkzeug hit: the whole request, or one text field of a form."""
+    max_request = app.config["MAX_CONTENT_LENGTH"]
+    if max_request and (request.content_length or 0) > max_request:
+        return f"The request is larger than {max_request} bytes."
+    max_field = app.config.get("MAX_FORM_MEMORY_SIZE")
+    if max_field:
+        return f"A text field of the form is larger than {max_field} bytes."
+    return "The request is too large."

@@ -1,7 +1,5 @@
 """What can go wrong in the embedder, and the HTTP status of each."""
 
-from typing import ClassVar
-
 
 class ImageRejected(Exception):
     """The upload cannot be embedded (422 by default)."""
@@ -44,9 +42,12 @@ class WeightsUnavailable(Exception):
 
 
 class ModelNotReady(Exception):
-    """The model is still loading, or failed to load (503)."""
+    """The model is still loading (worth a retry soon), or failed to load (503)."""
 
-    problem_headers: ClassVar[dict[str, int]] = {"Retry-After": 5}
+    def __init__(self, detail: str, *, loading: bool) -> None:
+        super().__init__(detail)
+        # A failed load needs a restart, not a retry: no Retry-After then.
+        self.problem_headers = {"Retry-After": 5} if loading else {}
 
 
 class Overloaded(Exception):

@@ -9,7 +9,6 @@ rest is padded with black, the colour of an X-ray's own border.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +26,10 @@ from medsearch_embedder.errors import (
     UnsupportedImage,
     UploadTooLarge,
 )
+
+# Our own limit, read from the header before any decoding, replaces Pillow's process-wide one,
+# whose hard stop ignores the configured limit and whose warning filter is not thread-safe.
+Image.MAX_IMAGE_PIXELS = None
 
 INPUT_SIZE = 224
 # Bump when anything below changes the pixels the model sees: it is part of the model_id.
@@ -73,16 +76,12 @@ def letterbox(image: Image.Image, size: int) -> NDArray[np.uint8]:
 
 def _read_with_pillow(data: bytes, image_format: str, limits: InputLimits, hint_size: int) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[image_format])
-            _check_pixels(image.width, image.height, limits)
-            if image_format == "JPEG" and image.mode in ("L", "RGB"):
-                # JPEG can decode at 1/2, 1/4 or 1/8 scale: far less work for a large photo.
-                image.draft(image.mode, (hint_size * 2, hint_size * 2))
-            image.load()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise TooManyPixels(f"the image has too many pixels; the limit is {limits.max_pixels}") from None
+        image = Image.open(io.BytesIO(data), formats=[image_format])
+        _check_pixels(image.width, image.height, limits)
+        if image_format == "JPEG" and image.mode in ("L", "RGB"):
+            # JPEG can decode at 1/2, 1/4 or 1/8 scale: far less work for a large photo.
+            image.draft(image.mode, (hint_size * 2, hint_size * 2))
+        image.load()
     except UnidentifiedImageError:
         raise ImageRejected(f"the {image_format} file is corrupt: its header cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
