@@ -1,0 +1,68 @@
+"""The search service's HTTP API: parse the request, call the core, serialize the answer."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from medsearch_search.errors import InvalidRequest
+from medsearch_search.service import SearchService, parse_vector_id
+
+SEARCH_EXTENSION = "medsearch_search"
+
+blueprint = Blueprint("search", __name__, url_prefix="/v1")
+
+
+def _service() -> SearchService:
+    service: SearchService = current_app.extensions[SEARCH_EXTENSION]
+    return service
+
+
+@blueprint.get("/models")
+def list_models() -> Response:
+    return jsonify(models=_service().models())
+
+
+@blueprint.get("/models/<model_id>")
+def get_model(model_id: str) -> Response:
+    return jsonify(_service().model(model_id))
+
+
+@blueprint.put("/models/<model_id>/vectors")
+def upsert_vectors(model_id: str) -> Response:
+    return jsonify(upserted=_service().upsert(model_id, _json_body()))
+
+
+@blueprint.get("/models/<model_id>/vectors/<vector_id>")
+def get_vector(model_id: str, vector_id: str) -> Response:
+    stored = _service().get(model_id, parse_vector_id(vector_id))
+    return jsonify(id=stored.id, vector=stored.vector, attributes=stored.attributes.to_json())
+
+
+@blueprint.delete("/models/<model_id>/vectors/<vector_id>")
+def delete_vector(model_id: str, vector_id: str) -> tuple[str, int]:
+    _service().delete(model_id, parse_vector_id(vector_id))
+    return "", 204
+
+
+@blueprint.post("/models/<model_id>/search")
+def search(model_id: str) -> Response:
+    results = _service().search(model_id, _json_body())
+    return jsonify(results=[[{"id": hit.id, "score": hit.score} for hit in hits] for hits in results])
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    document = (resources.files("medsearch_search") / "openapi.json").read_text(encoding="utf-8")
+    return Response(document, mimetype="application/json")
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise InvalidRequest("send a JSON body with Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidRequest("the body is not valid JSON")
+    return body

@@ -1,0 +1,213 @@
+"""The search service's core, without HTTP: validate, normalize, and ask the store."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medsearch_search.errors import (
+    BatchTooLarge,
+    InvalidRequest,
+    InvalidVector,
+    ModelNotFound,
+    VectorNotFound,
+)
+from medsearch_search.filters import SearchFilter, parse_attributes, parse_filter
+from medsearch_search.settings import SearchSettings
+from medsearch_search.store import Collection, Hit, MilvusStore, StoredVector
+
+MAX_K = 100
+MAX_DIM = 32_768  # Milvus's own limit on a float vector
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    vectors: NDArray[np.float32]
+    k: int
+    filter: SearchFilter
+    one_per_patient: bool
+
+
+class SearchService:
+    def __init__(self, settings: SearchSettings, store: MilvusStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    def upsert(self, model_id: str, body: Any) -> int:
+        """Store every item or none (all are checked before Milvus sees any); the count stored."""
+        check_model_id(model_id)
+        items = _field(body, "items", list)
+        if not items:
+            raise InvalidRequest("items is empty: send at least one")
+        if len(items) > self.settings.max_items:
+            raise BatchTooLarge(f"{len(items)} items in one request; the limit is {self.settings.max_items}")
+        ids, raw_vectors, attributes = [], [], []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or set(item) - {"id", "vector", "attributes"}:
+                raise InvalidRequest(f"items[{i}] must be an object with id, vector and attributes")
+            ids.append(_image_id(item.get("id"), f"items[{i}].id"))
+            raw_vectors.append(item.get("vector"))
+            attributes.append(parse_attributes(item.get("attributes"), f"items[{i}].attributes"))
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise InvalidRequest(f"items repeat the id(s) {duplicates[:10]}: each id once per request")
+        collection = self.store.collection(model_id)
+        vectors = parse_vectors(raw_vectors, "items[].vector", collection.dim if collection else None)
+        if collection is None:
+            collection = self.store.ensure_collection(model_id, vectors.shape[1])
+        self.store.upsert(collection, ids, vectors, attributes)
+        return len(ids)
+
+    def get(self, model_id: str, vector_id: int) -> StoredVector:
+        collection = self._collection(model_id)
+        stored = self.store.get(collection, vector_id)
+        if stored is None:
+            raise VectorNotFound(f"model {model_id} has no vector with id {vector_id}")
+        return stored
+
+    def delete(self, model_id: str, vector_id: int) -> None:
+        """Idempotent: deleting what is not there is no error."""
+        check_model_id(model_id)
+        collection = self.store.collection(model_id)
+        if collection is not None:
+            self.store.delete(collection, vector_id)
+
+    def search(self, model_id: str, body: Any) -> list[list[Hit]]:
+        collection = self._collection(model_id)
+        request = self.parse_search(body, collection.dim)
+        return self.store.search(
+            collection,
+            request.vectors,
+            request.k,
+            request.filter.expression(),
+            one_per_patient=request.one_per_patient,
+        )
+
+    def parse_search(self, body: Any, dim: int) -> SearchRequest:
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object with vectors, k and filter")
+        unknown = sorted(set(body) - {"vectors", "k", "filter", "one_per_patient"})
+        if unknown:
+            raise InvalidRequest(
+                f"unknown field(s): {', '.join(unknown)}; known: vectors, k, filter, one_per_patient"
+            )
+        raw = _field(body, "vectors", list)
+        if not raw:
+            raise InvalidRequest("vectors is empty: send at least one query vector")
+        if len(raw) > self.settings.max_queries:
+            raise BatchTooLarge(
+                f"{len(raw)} query vectors in one request; the limit is {self.settings.max_queries}"
+            )
+        k = body.get("k", 10)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InvalidRequest(f"k must be an integer from 1 to {MAX_K}, got {json_text(k)}")
+        one_per_patient = body.get("one_per_patient", False)
+        if not isinstance(one_per_patient, bool):
+            raise InvalidRequest(f"one_per_patient must be true or false, got {json_text(one_per_patient)}")
+        return SearchRequest(
+            parse_vectors(raw, "vectors", dim), k, parse_filter(body.get("filter")), one_per_patient
+        )
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return self._describe(self._collection(model_id))
+
+    def models(self) -> list[dict[str, Any]]:
+        return [self._describe(collection) for collection in self.store.collections()]
+
+    def _describe(self, collection: Collection) -> dict[str, Any]:
+        return {
+            "model_id": collection.model_id,
+            "dim": collection.dim,
+            "count": self.store.count(collection),
+            "metric": "COSINE",
+            "index": collection.index,
+            "backend": self.store.backend,
+        }
+
+    def _collection(self, model_id: str) -> Collection:
+        check_model_id(model_id)
+        collection = self.store.collection(model_id)
+        if collection is None:
+            raise ModelNotFound(f"no vectors were ever stored for model {model_id}")
+        return collection
+
+
+def check_model_id(model_id: str) -> None:
+    if not _MODEL_ID.fullmatch(model_id):
+        raise InvalidRequest(
+            f"a model_id is 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit, got {model_id[:40]!r}"
+        )
+
+
+def parse_vector_id(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_ID:
+        raise InvalidRequest(f"a vector id is a positive integer (the catalog's image id), got {raw[:40]!r}")
+    return int(raw)
+
+
+def parse_vectors(raw: Sequence[Any], where: str, dim: int | None) -> NDArray[np.float32]:
+    """Rows of finite numbers, all of one dimension (the collection's, if any), scaled to unit length."""
+    rows = []
+    for i, vector in enumerate(raw):
+        if not isinstance(vector, list) or not vector:
+            raise InvalidRequest(f"{where} #{i} must be a non-empty list of numbers")
+        if any(isinstance(x, bool) or not isinstance(x, int | float) for x in vector):
+            raise InvalidRequest(f"{where} #{i} must hold only numbers")
+        rows.append(vector)
+    lengths = {len(row) for row in rows}
+    if len(lengths) > 1:
+        raise InvalidVector(f"{where}: the vectors have different dimensions {sorted(lengths)}")
+    length = lengths.pop()
+    if dim is not None and length != dim:
+        raise InvalidVector(f"{where}: dimension {length}, but this model's vectors have dimension {dim}")
+    if length > MAX_DIM:
+        raise InvalidVector(f"{where}: dimension {length} is more than Milvus's limit of {MAX_DIM}")
+    vectors = np.asarray(rows, dtype=np.float64)
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise InvalidVector(f"{where} #{int(np.argmin(finite))} holds NaN or infinity")
+    norms = np.linalg.norm(vectors, axis=1)
+    if (norms < 1e-12).any():
+        raise InvalidVector(
+            f"{where} #{int(np.argmax(norms < 1e-12))} is a zero vector: it has no direction to compare"
+        )
+    # Cosine ignores length; stored and compared vectors are unit length all the same.
+    unit: NDArray[np.float32] = (vectors / norms[:, np.newaxis]).astype(np.float32)
+    return unit
+
+
+def _field(body: Any, name: str, kind: type) -> Any:
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"the body must be a JSON object with {name}")
+    if name not in body:
+        raise InvalidRequest(f"{name} is missing")
+    value = body[name]
+    if not isinstance(value, kind):
+        raise InvalidRequest(
+            f"{name} must be a {'list' if kind is list else kind.__name__}, got {json_text(value)}"
+        )
+    return value
+
+
+def _image_id(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_ID:
+        raise InvalidRequest(
+            f"{where} must be a positive integer (the catalog's image id), got {json_text(value)}"
+        )
+    return value
+
+
+def json_text(value: Any) -> str:
+    """A short JSON rendering of a bad value, for error messages."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return json.dumps(value)[:60]

@@ -1,0 +1,367 @@
+"""Milvus behind one interface, Lite or server: collections per model_id, upsert, get, search.
+
+The two backends differ; this module hides it:
+- Milvus Lite (a local path ending in .db) is one process's: the service runs one process.
+- Grouping search (one hit per patient) exists in Milvus 2.4+ and Lite; on older servers
+  (the embedded Milvus 2.3 of the tests) the store over-fetches and keeps each patient's best.
+- Nullable fields are 2.5+; unknown values are stored as sentinels everywhere (filters.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from medsearch_search.errors import InvalidRequest, MilvusUnavailable
+from medsearch_search.filters import MAX_FINDINGS, Attributes
+from medsearch_search.settings import SearchSettings
+
+log = logging.getLogger("medsearch.search")
+
+T = TypeVar("T")
+ATTRIBUTE_FIELDS = ("dataset", "patient_id", "sex", "age", "view_position", "findings")
+# Milvus counts VARCHAR lengths in bytes: room for 256 characters of any script.
+_MAX_TEXT_BYTES = 1024
+_MAX_TOPK = 16384  # Milvus's limit on hits per query
+_HNSW = {"M": 16, "efConstruction": 200}
+_MILVUS_ERRORS = (
+    MilvusException,
+    grpc.RpcError,
+    grpc.FutureTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class Collection:
+    model_id: str
+    name: str
+    dim: int
+    index: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    id: int
+    vector: list[float]
+    attributes: Attributes
+
+
+_PREFIX = "medsearch_"
+_ESCAPES = {"_": "__", "-": "_h", ".": "_d"}
+
+
+def collection_name(model_id: str) -> str:
+    """A valid Milvus name (letters, digits, _) from which the model_id can be read back."""
+    name = _PREFIX + "".join(_ESCAPES.get(char, char) for char in model_id)
+    if len(name) > 255:
+        raise InvalidRequest(f"model_id {model_id[:40]!r}... is too long to name a Milvus collection")
+    return name
+
+
+def model_id_of(name: str) -> str | None:
+    """The model_id a collection name was made from; None for a collection not ours."""
+    if not name.startswith(_PREFIX):
+        return None
+    encoded, chars, i = name[len(_PREFIX) :], [], 0
+    reverse = {escape[1]: char for char, escape in _ESCAPES.items()}
+    while i < len(encoded):
+        if encoded[i] == "_":
+            if i + 1 >= len(encoded) or encoded[i + 1] not in reverse:
+                return None
+            chars.append(reverse[encoded[i + 1]])
+            i += 2
+        else:
+            chars.append(encoded[i])
+            i += 1
+    return "".join(chars)
+
+
+class MilvusStore:
+    def __init__(self, settings: SearchSettings) -> None:
+        self._settings = settings
+        self._timeout = settings.milvus_timeout_s
+        self._connect_lock = threading.Lock()
+        self._create_lock = threading.Lock()
+        self._client: MilvusClient | None = None
+        self._grouping = False
+        self._collections: dict[str, Collection] = {}
+
+    @property
+    def backend(self) -> str:
+        return "milvus-lite" if self._settings.is_lite else "milvus-server"
+
+    def check(self) -> str | None:
+        """None when Milvus answers, else why not (for /readyz)."""
+        try:
+            self._call("list collections", lambda c: c.list_collections(timeout=self._timeout))
+        except MilvusUnavailable as exc:
+            return str(exc)
+        return None
+
+    def close(self) -> None:
+        with self._connect_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # -- collections -------------------------------------------------------------------
+
+    def collection(self, model_id: str) -> Collection | None:
+        cached = self._collections.get(model_id)
+        if cached is not None:
+            return cached
+        name = collection_name(model_id)
+
+        def describe(client: MilvusClient) -> Collection | None:
+            if not client.has_collection(name, timeout=self._timeout):
+                return None
+            client.load_collection(name, timeout=self._timeout)  # after a restart it may not be
+            fields = client.describe_collection(name, timeout=self._timeout)["fields"]
+            dim = next(int(f["params"]["dim"]) for f in fields if f["name"] == "vector")
+            index = client.describe_index(name, "vector", timeout=self._timeout)
+            return Collection(model_id, name, dim, str(index.get("index_type", "unknown")))
+
+        collection = self._call("describe a collection", describe)
+        if collection is None:
+            return None
+        self._collections[model_id] = collection
+        return collection
+
+    def collections(self) -> list[Collection]:
+        names = self._call("list collections", lambda c: c.list_collections(timeout=self._timeout))
+        model_ids = sorted(filter(None, map(model_id_of, names)))
+        return [collection for model_id in model_ids if (collection := self.collection(model_id)) is not None]
+
+    def ensure_collection(self, model_id: str, dim: int) -> Collection:
+        """The model's collection, created with `dim` on first write."""
+        with self._create_lock:
+            existing = self.collection(model_id)
+            if existing is not None:
+                return existing
+            index = self._index_type()
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            for text_field in ("dataset", "patient_id", "sex", "view_position", "patient_key"):
+                schema.add_field(text_field, DataType.VARCHAR, max_length=_MAX_TEXT_BYTES)
+            schema.add_field("age", DataType.INT64)
+            schema.add_field(
+                "findings",
+                DataType.ARRAY,
+                element_type=DataType.VARCHAR,
+                max_capacity=MAX_FINDINGS,
+                max_length=_MAX_TEXT_BYTES,
+            )
+            index_params = MilvusClient.prepare_index_params()
+            index_params.add_index(
+                field_name="vector",
+                index_type=index,
+                metric_type="COSINE",
+                params=_HNSW if index == "HNSW" else {},
+            )
+            name = collection_name(model_id)
+            self._call(
+                "create a collection",
+                lambda c: c.create_collection(
+                    name,
+                    schema=schema,
+                    index_params=index_params,
+                    consistency_level="Strong",
+                    timeout=self._timeout,
+                ),
+            )
+            log.info("collection created", extra={"model_id": model_id, "dim": dim, "index": index})
+            self._collections.pop(model_id, None)
+            created = self.collection(model_id)
+            assert created is not None
+            return created
+
+    def count(self, collection: Collection) -> int:
+        rows = self._call(
+            "count vectors",
+            lambda c: c.query(collection.name, filter="", output_fields=["count(*)"], timeout=self._timeout),
+        )
+        return int(rows[0]["count(*)"])
+
+    # -- vectors -----------------------------------------------------------------------
+
+    def upsert(
+        self,
+        collection: Collection,
+        ids: Sequence[int],
+        vectors: NDArray[np.float32],
+        attributes: Sequence[Attributes],
+    ) -> None:
+        rows = [
+            {"id": i, "vector": vector.tolist(), "patient_key": _patient_key(i, attrs), **attrs.to_row()}
+            for i, vector, attrs in zip(ids, vectors, attributes, strict=True)
+        ]
+        self._call("upsert vectors", lambda c: c.upsert(collection.name, rows, timeout=self._timeout))
+
+    def get(self, collection: Collection, vector_id: int) -> StoredVector | None:
+        rows = self._call(
+            "get a vector",
+            lambda c: c.get(
+                collection.name,
+                ids=[vector_id],
+                output_fields=["vector", *ATTRIBUTE_FIELDS],
+                timeout=self._timeout,
+            ),
+        )
+        if not rows:
+            return None
+        row = dict(rows[0])
+        return StoredVector(int(row["id"]), [float(x) for x in row["vector"]], Attributes.from_row(row))
+
+    def delete(self, collection: Collection, vector_id: int) -> None:
+        self._call(
+            "delete a vector", lambda c: c.delete(collection.name, ids=[vector_id], timeout=self._timeout)
+        )
+
+    def search(
+        self,
+        collection: Collection,
+        vectors: NDArray[np.float32],
+        k: int,
+        expression: str,
+        *,
+        one_per_patient: bool,
+    ) -> list[list[Hit]]:
+        """The k best hits of each query, best first; one Milvus call for all queries."""
+        if not one_per_patient:
+            return [
+                [Hit(id_, score) for id_, score, _ in hits]
+                for hits in self._search(collection, vectors, k, expression)
+            ]
+        if self._grouping:
+            found = self._search(collection, vectors, k, expression, group_by="patient_key")
+            return [[Hit(id_, score) for id_, score, _ in hits] for hits in found]
+        return self._search_over_fetching(collection, vectors, k, expression)
+
+    def _search_over_fetching(
+        self, collection: Collection, vectors: NDArray[np.float32], k: int, expression: str
+    ) -> list[list[Hit]]:
+        """Without grouping: fetch more than k, keep each patient's best, widen until k or no more rows."""
+        results: list[list[Hit]] = [[] for _ in range(len(vectors))]
+        pending = list(range(len(vectors)))
+        fetch = min(k * 4, _MAX_TOPK)
+        while pending:
+            found = self._search(collection, vectors[pending], fetch, expression)
+            still = []
+            for query, hits in zip(pending, found, strict=True):
+                best: dict[str, Hit] = {}
+                for id_, score, patient_key in hits:
+                    best.setdefault(patient_key, Hit(id_, score))
+                results[query] = list(best.values())[:k]
+                if len(best) < k and len(hits) == fetch and fetch < _MAX_TOPK:
+                    still.append(query)
+            pending = still
+            fetch = min(fetch * 4, _MAX_TOPK)
+        return results
+
+    def _search(
+        self,
+        collection: Collection,
+        vectors: NDArray[np.float32],
+        limit: int,
+        expression: str,
+        group_by: str | None = None,
+    ) -> list[list[tuple[int, float, str]]]:
+        params: dict[str, Any] = {"metric_type": "COSINE"}
+        if collection.index == "HNSW":
+            params["params"] = {"ef": max(64, limit)}  # ef below the hits asked for would cut them
+        extra = {"group_by_field": group_by} if group_by else {}
+        found = self._call(
+            "search",
+            lambda c: c.search(
+                collection.name,
+                data=vectors.tolist(),
+                limit=limit,
+                filter=expression,
+                output_fields=["patient_key"],
+                search_params=params,
+                timeout=self._timeout,
+                **extra,
+            ),
+        )
+        return [
+            [
+                (int(hit["id"]), float(hit["distance"]), str(hit["entity"].get("patient_key", "")))
+                for hit in hits
+            ]
+            for hits in found
+        ]
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _index_type(self) -> str:
+        if self._settings.index != "auto":
+            return self._settings.index
+        # Lite: exact search; its fixed cost per call (~35 ms) dwarfs the scan at our sizes.
+        return "FLAT" if self._settings.is_lite else "HNSW"
+
+    def _connect(self) -> MilvusClient:
+        with self._connect_lock:
+            if self._client is None:
+                uri = self._settings.milvus_uri
+                if self._settings.is_lite:
+                    Path(uri).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    client = MilvusClient(
+                        uri=uri, token=self._settings.milvus_token or "", timeout=self._timeout
+                    )
+                    version = str(client.get_server_version(timeout=self._timeout))
+                except Exception as exc:  # whatever pymilvus raises, Milvus is what failed
+                    raise MilvusUnavailable(
+                        f"Milvus ({self._settings.milvus_uri_redacted}) is unreachable: {_first_line(exc)}"
+                    ) from exc
+                self._grouping = _has_grouping(version)
+                log.info("milvus connected", extra={"backend": self.backend, "version": version})
+                self._client = client
+            return self._client
+
+    def _call(self, what: str, action: Callable[[MilvusClient], T]) -> T:
+        try:
+            return action(self._connect())
+        except _MILVUS_ERRORS as exc:
+            raise MilvusUnavailable(
+                f"Milvus ({self._settings.milvus_uri_redacted}) failed to {what}: {_first_line(exc)}"
+            ) from exc
+
+
+def _has_grouping(version: str) -> bool:
+    """Grouping search came with Milvus 2.4; Lite has it."""
+    if "lite" in version and not version.startswith("v"):
+        return True  # milvus_lite-<version>
+    match = re.match(r"v?(\d+)\.(\d+)", version)
+    return match is not None and (int(match[1]), int(match[2])) >= (2, 4)
+
+
+def _patient_key(image_id: int, attributes: Attributes) -> str:
+    """What one-per-patient groups by: the patient, or the image itself when the patient is unknown."""
+    return f"p:{attributes.patient_id}" if attributes.patient_id else f"i:{image_id}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
