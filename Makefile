@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install test lint format clean bench-embedder
+.PHONY: install test lint format clean bench-embedder bench-search
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ test: install
 # Benchmarks: never part of `make test`; each writes bench-results/<name>.json.
 bench-embedder: install
 	$(BIN)/python benchmarks/bench_embedder.py
+
+bench-search: install
+	$(BIN)/python benchmarks/bench_search.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -170,9 +170,7 @@ def test_too_large_body_is_problem_json_naming_the_limit(client: FlaskClient) ->
 def test_too_large_form_field_is_named_as_such() -> None:
     app = build_app(max_content_length=10_000)
     app.config["MAX_FORM_MEMORY_SIZE"] = 100
-    response = app.test_client().post(
-        "/form", data={"note": "x" * 500}, content_type="multipart/form-data"
-    )
+    response = app.test_client().post("/form", data={"note": "x" * 500}, content_type="multipart/form-data")
     body = problem_of(response, 413)
     assert body["detail"] == "A text field of the form is larger than 100 bytes."
 

@@ -130,7 +130,9 @@ class EmbeddingService:
 
     def _ready_embedder(self) -> Embedder:
         if self._embedder is None:
-            raise ModelNotReady(f"the embedder is not ready: {self.readiness()}", loading=not self._load_error)
+            raise ModelNotReady(
+                f"the embedder is not ready: {self.readiness()}", loading=not self._load_error
+            )
         return self._embedder
 
     def _load(self) -> None:
