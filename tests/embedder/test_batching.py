@@ -312,3 +312,31 @@ def test_depth_counts_the_images_waiting_not_the_batch_being_run(make_batcher: B
     for future in futures:
         future.result(timeout=HANG_GUARD_S)
     assert batcher.depth() == 0
+
+
+def test_a_model_giving_the_wrong_number_of_vectors_fails_its_batch_not_the_thread() -> None:
+    calls: list[int] = []
+
+    def short_by_one(images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        calls.append(len(images))
+        return np.zeros((len(images) - 1 if len(calls) == 1 else len(images), 1), dtype=np.float32)
+
+    batcher = DynamicBatcher(short_by_one, max_batch=4, max_delay_s=0.0, max_queue=8)
+    try:
+        with pytest.raises(RuntimeError, match="1 vectors for 2 images"):
+            batcher.submit([image(1), image(1)])[0].result(timeout=HANG_GUARD_S)
+        assert batcher.submit([image(2)])[0].result(timeout=HANG_GUARD_S).shape == (1,)
+    finally:
+        batcher.close()
+
+
+def test_a_failing_batch_observer_does_not_stop_the_batcher() -> None:
+    def observe(size: int, seconds: float) -> None:
+        raise ValueError("observer broke")
+
+    batcher = DynamicBatcher(FakeModel(), max_batch=4, max_delay_s=0.0, max_queue=8, on_batch=observe)
+    try:
+        for value in (1, 2, 3):
+            assert vector_value(batcher.submit([image(value)])[0]) == float(value)
+    finally:
+        batcher.close()

@@ -202,6 +202,12 @@ def test_a_path_is_a_weights_file() -> None:
         "file", path=Path("/srv/models/resnet50.h5")
     )
     assert parse_weights("weights/r50.h5") == WeightsSpec("file", path=Path("weights/r50.h5"))
+    # A file whose name starts with "random" is still a file.
+    assert parse_weights("random_init.h5") == WeightsSpec("file", path=Path("random_init.h5"))
+
+
+def test_imagenet_is_recognized_in_any_case() -> None:
+    assert parse_weights("ImageNet") == WeightsSpec("imagenet")
 
 
 def test_a_path_under_the_home_folder_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ work at once (the caller answers 503 with Retry-After) instead of growing memory
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -19,6 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medsearch_embedder.errors import Overloaded
+
+log = logging.getLogger("medsearch.embedder")
 
 RunBatch = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 
@@ -102,20 +105,28 @@ class DynamicBatcher:
         while (batch := self._next_batch()) is not None:
             # A caller that gave up has cancelled its future: skip its input.
             live = [item for item in batch if item.result.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            started = time.perf_counter()
+            if live:
+                self._run(live)
+
+    def _run(self, live: list[_Item]) -> None:
+        """One model call; whatever fails, every caller hears of it and the thread goes on."""
+        started = time.perf_counter()
+        try:
+            vectors = self._run_batch(np.stack([item.image for item in live]))
+            if len(vectors) != len(live):
+                raise RuntimeError(f"the model gave {len(vectors)} vectors for {len(live)} images")
+        except Exception as exc:
+            for item in live:
+                item.result.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._seconds_per_batch = (
+            elapsed if not self._seconds_per_batch else 0.8 * self._seconds_per_batch + 0.2 * elapsed
+        )
+        for item, vector in zip(live, vectors, strict=True):
+            item.result.set_result(vector)
+        if self._on_batch is not None:
             try:
-                vectors = self._run_batch(np.stack([item.image for item in live]))
-            except Exception as exc:  # every waiting caller learns why, and the thread goes on
-                for item in live:
-                    item.result.set_exception(exc)
-                continue
-            elapsed = time.perf_counter() - started
-            self._seconds_per_batch = (
-                elapsed if not self._seconds_per_batch else 0.8 * self._seconds_per_batch + 0.2 * elapsed
-            )
-            for item, vector in zip(live, vectors, strict=True):
-                item.result.set_result(vector)
-            if self._on_batch is not None:
                 self._on_batch(len(live), elapsed)
+            except Exception:
+                log.exception("batch observer failed")

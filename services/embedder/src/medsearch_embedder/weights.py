@@ -6,6 +6,7 @@ service stops with the ways to provide them. It never falls back to other weight
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, replace
@@ -47,9 +48,9 @@ class WeightsSpec:
 
 def parse_weights(raw: str) -> WeightsSpec:
     value = raw.strip()
-    if value == "imagenet":
+    if value.lower() == "imagenet":
         return WeightsSpec("imagenet")
-    if value.startswith("random"):
+    if value.lower() == "random" or value.lower().startswith("random:"):
         match = _RANDOM.fullmatch(value)
         if not match or int(match[1]) >= 2**32:
             raise SettingsError(
@@ -90,6 +91,10 @@ def _fetch_imagenet() -> Path:
     import keras  # here: TensorFlow takes seconds to load, and parsing settings must not wait for it
 
     cache = keras_home() / "models" / IMAGENET_FILE
+    # Keras deletes a cached file whose md5 is wrong before it downloads again: say so if it fails.
+    replaced = (
+        cache.is_file() and hashlib.md5(cache.read_bytes(), usedforsecurity=False).hexdigest() != IMAGENET_MD5
+    )
     try:
         return Path(
             keras.utils.get_file(
@@ -101,8 +106,9 @@ def _fetch_imagenet() -> Path:
             )
         )
     except Exception as exc:  # Keras raises a bare Exception for a failed download
+        found = " (the file there had the wrong md5, so Keras removed it)" if replaced else ""
         raise WeightsUnavailable(
-            f"The ImageNet weights of ResNet-50 are not in Keras's cache ({cache}) and could not be "
+            f"The ImageNet weights of ResNet-50 are not in Keras's cache ({cache}){found} and could not be "
             f"downloaded from {IMAGENET_URL} ({exc}). Provide them in one of these ways: copy "
             f"{IMAGENET_FILE} (md5 {IMAGENET_MD5}) into {cache.parent}/ (set KERAS_HOME to use another "
             f"cache folder); or set {WEIGHTS_VARIABLE}=/path/to/{IMAGENET_FILE}. For a smoke run whose "
