@@ -7,6 +7,7 @@ Each test writes under its own model_id, so tests never see each other's vectors
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,10 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     """A real Milvus server process (standalone, embedded etcd and local storage)."""
     from milvus import MilvusServer
 
+    # Its embedded etcd always takes 2379/2380: one such server per machine at a time.
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 2380)) == 0:
+            pytest.fail("port 2380 is taken: another embedded Milvus (etcd) server runs on this machine")
     server = MilvusServer()
     server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
     try:

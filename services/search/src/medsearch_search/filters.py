@@ -2,8 +2,8 @@
 
 A request never carries expression syntax: it names fields from a whitelist with typed
 values, and every string reaches Milvus as a double-quoted literal with `"` and `\\`
-escaped. Control characters are refused (metadata never holds them). Unknown values are
-stored as sentinels, the same on every backend: "" for a missing string, -1 for a
+escaped, or hex-encoded (findings). Control characters are refused (metadata never holds
+them). Unknown values are stored as sentinels, the same on every backend: "" for a missing string, -1 for a
 missing age, [] for no finding.
 """
 
@@ -18,6 +18,7 @@ from medsearch_search.errors import InvalidRequest
 
 MAX_TEXT_CHARS = 256
 MAX_FINDINGS = 32
+MAX_FINDINGS_KEY_BYTES = 65_535  # Milvus's longest VARCHAR
 MAX_LIST_ITEMS = 1000
 MAX_AGE = 130
 SEXES = ("M", "F", "O")
@@ -40,6 +41,7 @@ class Attributes:
 
     def to_row(self) -> dict[str, Any]:
         return {
+            "findings_key": findings_key(self.findings),
             "dataset": self.dataset,
             "patient_id": self.patient_id,
             "sex": self.sex,
@@ -83,6 +85,8 @@ def parse_attributes(value: Any, where: str) -> Attributes:
     findings = value.get("findings")
     if findings is not None:
         findings = _strings(findings, f"{where}.findings", limit=MAX_FINDINGS, allow_empty=True)
+        if len(findings_key(findings)) > MAX_FINDINGS_KEY_BYTES:
+            raise InvalidRequest(f"{where}.findings are too long in all to be indexed")
     sex = _optional_text(value.get("sex"), f"{where}.sex")
     if sex is not None and sex.upper() not in SEXES:
         raise InvalidRequest(f"{where}.sex must be one of {', '.join(SEXES)} or null, got {sex!r}")
@@ -127,11 +131,11 @@ class SearchFilter:
         if self.age_min is None and self.age_max is not None:
             clauses.append(f"age != {UNKNOWN_AGE}")  # "at most 40" does not include "unknown"
         if self.findings_any:
-            clauses.append(f"array_contains_any(findings, {_list(self.findings_any)})")
+            clauses.append(" or ".join(_has_finding(f) for f in self.findings_any))
         if self.findings_all:
-            clauses.append(f"array_contains_all(findings, {_list(self.findings_all)})")
+            clauses.append(" and ".join(_has_finding(f) for f in self.findings_all))
         if self.findings_none:
-            clauses.append(f"not array_contains_any(findings, {_list(self.findings_none)})")
+            clauses.append("not (" + " or ".join(_has_finding(f) for f in self.findings_none) + ")")
         if self.exclude_ids:
             clauses.append(f"id not in [{', '.join(str(i) for i in self.exclude_ids)}]")
         if self.exclude_patients:
@@ -173,6 +177,20 @@ def parse_filter(value: Any) -> SearchFilter:
         exclude_ids=exclude_ids,
         exclude_patients=lists.get("exclude_patients", ()),
     )
+
+
+def findings_key(findings: tuple[str, ...]) -> str:
+    """The findings as one string that LIKE can search exactly: "|hex1|hex2|".
+
+    Milvus Lite evaluates array_contains_any ~30x slower than a LIKE on a string (measured:
+    0.7 s against 20 ms over 3,000 rows), so findings are filtered through this key. Each
+    finding is hex-encoded, so no value can hold a wildcard, a delimiter or a quote.
+    """
+    return "|" + "".join(f"{finding.encode().hex()}|" for finding in findings)
+
+
+def _has_finding(finding: str) -> str:
+    return f'(findings_key like "%|{finding.encode().hex()}|%")'
 
 
 def quote(text: str) -> str:

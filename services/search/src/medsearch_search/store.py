@@ -24,7 +24,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from medsearch_search.errors import InvalidRequest, MilvusUnavailable
-from medsearch_search.filters import MAX_FINDINGS, Attributes
+from medsearch_search.filters import MAX_FINDINGS, MAX_FINDINGS_KEY_BYTES, Attributes
 from medsearch_search.settings import SearchSettings
 
 log = logging.getLogger("medsearch.search")
@@ -164,6 +164,7 @@ class MilvusStore:
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             for text_field in ("dataset", "patient_id", "sex", "view_position", "patient_key"):
                 schema.add_field(text_field, DataType.VARCHAR, max_length=_MAX_TEXT_BYTES)
+            schema.add_field("findings_key", DataType.VARCHAR, max_length=MAX_FINDINGS_KEY_BYTES)
             schema.add_field("age", DataType.INT64)
             schema.add_field(
                 "findings",
