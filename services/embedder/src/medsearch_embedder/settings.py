@@ -38,7 +38,9 @@ class EmbedderSettings:
     max_request_bytes: int = 256 * 1024 * 1024
     decode_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     wait_timeout_s: float = 60.0
-    threads: int = 8
+    # More threads than a batch holds: while the model runs one batch, other requests
+    # are read and decoded into the next, so the model never waits on HTTP.
+    threads: int = 32
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
