@@ -28,7 +28,7 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     assert settings.max_image_pixels == 64_000_000
     assert settings.max_request_bytes == 256 * 1024 * 1024
     assert settings.decode_threads == (os.cpu_count() or 2)
-    assert (settings.wait_timeout_s, settings.threads, settings.log_level) == (60.0, 8, "INFO")
+    assert (settings.wait_timeout_s, settings.threads, settings.log_level) == (60.0, 32, "INFO")
 
 
 def test_from_environ_reads_only_the_mapping_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
