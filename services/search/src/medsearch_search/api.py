@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from typing import Any
 
@@ -62,7 +63,7 @@ def openapi() -> Response:
 def _json_body() -> Any:
     if not request.is_json:
         raise InvalidRequest("send a JSON body with Content-Type: application/json")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidRequest("the body is not valid JSON")
-    return body
+    try:
+        return json.loads(request.get_data(as_text=True))
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
+        raise InvalidRequest("the body is not valid JSON") from None

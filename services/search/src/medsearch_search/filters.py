@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from medsearch_search.errors import InvalidRequest
 
@@ -26,6 +26,7 @@ UNKNOWN_AGE = -1
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _STRING_LISTS = ("dataset", "sex", "view_position", "patient_id", "exclude_patients")
 FILTER_FIELDS = (*_STRING_LISTS, "age", "findings", "exclude_ids")
+FindingsVia = Literal["key", "array"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ def parse_attributes(value: Any, where: str) -> Attributes:
         raise InvalidRequest(f"{where} has unknown field(s): {', '.join(unknown)}")
     findings = value.get("findings")
     if findings is not None:
-        findings = _strings(findings, f"{where}.findings", limit=MAX_FINDINGS, allow_empty=True)
+        findings = tuple(
+            dict.fromkeys(_strings(findings, f"{where}.findings", limit=MAX_FINDINGS, allow_empty=True))
+        )
         if len(findings_key(findings)) > MAX_FINDINGS_KEY_BYTES:
             raise InvalidRequest(f"{where}.findings are too long in all to be indexed")
     sex = _optional_text(value.get("sex"), f"{where}.sex")
@@ -117,8 +120,12 @@ class SearchFilter:
     exclude_ids: tuple[int, ...] = ()
     exclude_patients: tuple[str, ...] = ()
 
-    def expression(self) -> str:
-        """The Milvus boolean expression; "" matches everything."""
+    def expression(self, findings_via: FindingsVia = "key") -> str:
+        """The Milvus boolean expression; "" matches everything.
+
+        Findings go through `findings_key` LIKEs (fast on Milvus Lite) or through the
+        ARRAY functions (Milvus servers before 2.4 know only prefix LIKE): the same rows.
+        """
         clauses = []
         for field_name in ("dataset", "sex", "view_position", "patient_id"):
             values: tuple[str, ...] = getattr(self, field_name)
@@ -130,12 +137,20 @@ class SearchFilter:
             clauses.append(f"age <= {self.age_max}")
         if self.age_min is None and self.age_max is not None:
             clauses.append(f"age != {UNKNOWN_AGE}")  # "at most 40" does not include "unknown"
-        if self.findings_any:
-            clauses.append(" or ".join(_has_finding(f) for f in self.findings_any))
-        if self.findings_all:
-            clauses.append(" and ".join(_has_finding(f) for f in self.findings_all))
-        if self.findings_none:
-            clauses.append("not (" + " or ".join(_has_finding(f) for f in self.findings_none) + ")")
+        if findings_via == "key":
+            if self.findings_any:
+                clauses.append(" or ".join(_has_finding(f) for f in self.findings_any))
+            if self.findings_all:
+                clauses.append(" and ".join(_has_finding(f) for f in self.findings_all))
+            if self.findings_none:
+                clauses.append("not (" + " or ".join(_has_finding(f) for f in self.findings_none) + ")")
+        else:
+            if self.findings_any:
+                clauses.append(f"array_contains_any(findings, {_list(self.findings_any)})")
+            if self.findings_all:
+                clauses.append(f"array_contains_all(findings, {_list(self.findings_all)})")
+            if self.findings_none:
+                clauses.append(f"not array_contains_any(findings, {_list(self.findings_none)})")
         if self.exclude_ids:
             clauses.append(f"id not in [{', '.join(str(i) for i in self.exclude_ids)}]")
         if self.exclude_patients:

@@ -21,12 +21,12 @@ from medsearch_search.errors import (
 )
 from medsearch_search.filters import SearchFilter, parse_attributes, parse_filter
 from medsearch_search.settings import SearchSettings
-from medsearch_search.store import Collection, Hit, MilvusStore, StoredVector
+from medsearch_search.store import MODEL_ID, Collection, Hit, MilvusStore, StoredVector
 
 MAX_K = 100
 MAX_DIM = 32_768  # Milvus's own limit on a float vector
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MAX_ID = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also takes superscripts and other scripts
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class SearchService:
         """Store every item or none (all are checked before Milvus sees any); the count stored."""
         check_model_id(model_id)
         items = _field(body, "items", list)
+        unknown = sorted(set(body) - {"items"})
+        if unknown:
+            raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}; the body holds only items")
         if not items:
             raise InvalidRequest("items is empty: send at least one")
         if len(items) > self.settings.max_items:
@@ -85,11 +88,7 @@ class SearchService:
         collection = self._collection(model_id)
         request = self.parse_search(body, collection.dim)
         return self.store.search(
-            collection,
-            request.vectors,
-            request.k,
-            request.filter.expression(),
-            one_per_patient=request.one_per_patient,
+            collection, request.vectors, request.k, request.filter, one_per_patient=request.one_per_patient
         )
 
     def parse_search(self, body: Any, dim: int) -> SearchRequest:
@@ -142,14 +141,14 @@ class SearchService:
 
 
 def check_model_id(model_id: str) -> None:
-    if not _MODEL_ID.fullmatch(model_id):
+    if not MODEL_ID.fullmatch(model_id):
         raise InvalidRequest(
             f"a model_id is 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit, got {model_id[:40]!r}"
         )
 
 
 def parse_vector_id(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_ID:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= _MAX_ID:
         raise InvalidRequest(f"a vector id is a positive integer (the catalog's image id), got {raw[:40]!r}")
     return int(raw)
 
@@ -162,6 +161,8 @@ def parse_vectors(raw: Sequence[Any], where: str, dim: int | None) -> NDArray[np
             raise InvalidRequest(f"{where} #{i} must be a non-empty list of numbers")
         if any(isinstance(x, bool) or not isinstance(x, int | float) for x in vector):
             raise InvalidRequest(f"{where} #{i} must hold only numbers")
+        if any(isinstance(x, int) and abs(x) > 2**1023 for x in vector):
+            raise InvalidVector(f"{where} #{i} holds a number too large for a float")
         rows.append(vector)
     lengths = {len(row) for row in rows}
     if len(lengths) > 1:
@@ -175,13 +176,14 @@ def parse_vectors(raw: Sequence[Any], where: str, dim: int | None) -> NDArray[np
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         raise InvalidVector(f"{where} #{int(np.argmin(finite))} holds NaN or infinity")
-    norms = np.linalg.norm(vectors, axis=1)
-    if (norms < 1e-12).any():
-        raise InvalidVector(
-            f"{where} #{int(np.argmax(norms < 1e-12))} is a zero vector: it has no direction to compare"
-        )
+    # Scale by the largest component first, so that the norm of huge values cannot overflow.
+    largest = np.abs(vectors).max(axis=1)
+    if (largest == 0).any():
+        zero = int(np.argmax(largest == 0))
+        raise InvalidVector(f"{where} #{zero} is a zero vector: it has no direction to compare")
+    scaled = vectors / largest[:, np.newaxis]
     # Cosine ignores length; stored and compared vectors are unit length all the same.
-    unit: NDArray[np.float32] = (vectors / norms[:, np.newaxis]).astype(np.float32)
+    unit: NDArray[np.float32] = (scaled / np.linalg.norm(scaled, axis=1, keepdims=True)).astype(np.float32)
     return unit
 
 

@@ -1,0 +1,688 @@
+"""The search service's OpenAPI document: valid, complete, shipped, and true to what the API really answers.
+
+Real requests go through the app on both real backends (Milvus Lite and a Milvus server); each answer
+is checked against what the document gives for that path, method and status: its media type, its
+required headers and its JSON body. The response schemas forbid unknown members, so a field added,
+renamed or dropped in the code without the document fails here. A table of cases answers every status
+the document lists, and a test holds the table and the document to each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import socket
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import pytest
+from flask.testing import FlaskClient
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from pymilvus import MilvusClient
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+from werkzeug.test import TestResponse
+
+from medsearch_search.app import create_app
+from medsearch_search.service import SearchService
+from medsearch_search.store import MilvusStore
+from tests.conftest import REPO_ROOT
+from tests.search.conftest import new_model_id, search_settings, unit_vectors, upsert
+
+DOCUMENT: dict[str, Any] = json.loads(
+    (resources.files("medsearch_search") / "openapi.json").read_text(encoding="utf-8")
+)
+DOCUMENT_URI = "urn:medsearch:search:openapi"
+# The whole document as one schema resource, so that its "#/components/..." references resolve.
+REGISTRY: Registry = Registry().with_resource(DOCUMENT_URI, DRAFT202012.create_resource(DOCUMENT))
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+PROBLEM = "urn:medsearch:problem:"
+
+MODELS = "/v1/models"
+MODEL = "/v1/models/{model_id}"
+VECTORS = "/v1/models/{model_id}/vectors"
+VECTOR = "/v1/models/{model_id}/vectors/{vector_id}"
+SEARCH = "/v1/models/{model_id}/search"
+
+DIM = 8
+VECTORS_STORED = unit_vectors(3, DIM, seed=17)
+ITEMS: list[dict[str, Any]] = [
+    {
+        "id": 1,
+        "vector": VECTORS_STORED[0].tolist(),
+        "attributes": {
+            "dataset": "nih",
+            "patient_id": "p1",
+            "sex": "f",
+            "age": 61,
+            "view_position": "pa",
+            "findings": ["Mass", "Effusion", "Mass"],
+        },
+    },
+    {"id": 2, "vector": VECTORS_STORED[1].tolist(), "attributes": {}},
+    {"id": 3, "vector": VECTORS_STORED[2].tolist(), "attributes": {"sex": "O", "age": 0}},
+]
+# Handlers that touch nothing that can fail: no real request makes them answer their documented 500.
+NO_REAL_500 = {("/v1/openapi.json", "get", "500"), ("/healthz", "get", "500"), ("/metrics", "get", "500")}
+
+T = TypeVar("T")
+
+
+def pointer(*parts: str) -> str:
+    """A JSON pointer (RFC 6901) to the given keys."""
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def resolved(node: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
+    """`node` (found at the pointer `where`) with its `$ref` followed, and where it really is."""
+    if "$ref" not in node:
+        return node, where
+    target = node["$ref"].removeprefix("#")
+    contents: dict[str, Any] = REGISTRY.resolver().lookup(f"{DOCUMENT_URI}#{target}").contents
+    return contents, target
+
+
+def schema_errors(ref: str, instance: Any) -> list[str]:
+    """Why `instance` fails the schema at `ref` (a pointer into the document), as readable lines."""
+    validator = Draft202012Validator(
+        {"$ref": f"{DOCUMENT_URI}#{ref}"},
+        registry=REGISTRY,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(instance)
+    ]
+
+
+def check(response: TestResponse, path: str, method: str) -> Any:
+    """Assert the document describes this real response (media type, headers, body); return its body."""
+    responses = DOCUMENT["paths"][path][method]["responses"]
+    status = str(response.status_code)
+    assert status in responses, (
+        f"{method.upper()} {path} answered {status}, which the document does not list: "
+        + response.get_data(as_text=True)[:300]
+    )
+    described, where = resolved(responses[status], pointer("paths", path, method, "responses", status))
+    for name, header in described.get("headers", {}).items():
+        header, header_at = resolved(header, where + pointer("headers", name))
+        if name not in response.headers:
+            assert not header.get("required"), f"{status} lacks the required header {name}"
+            continue
+        errors = schema_errors(header_at + "/schema", response.headers[name])
+        assert not errors, f"header {name} of {status} does not match the document: {errors}"
+    content = described.get("content", {})
+    if not content:
+        assert response.data == b"", f"{status} is documented without a body"
+        return None
+    mimetype = response.mimetype or ""
+    assert mimetype in content, f"{mimetype!r} is not among {sorted(content)} for {status}"
+    if not mimetype.endswith("json"):
+        return response.data
+    body = response.json
+    errors = schema_errors(where + pointer("content", mimetype, "schema"), body)
+    assert not errors, f"{method.upper()} {path} {status} does not match the document:\n" + "\n".join(errors)
+    if mimetype == "application/problem+json":
+        assert body["status"] == response.status_code  # type: ignore[index]
+    return body
+
+
+def assert_plain_problem(response: TestResponse) -> dict[str, Any]:
+    """For the answers the document states in words only (an unknown path, a method a path lacks)."""
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.json  # type: ignore[assignment]
+    errors = schema_errors("/components/schemas/Problem", body)
+    assert not errors, errors
+    assert body["status"] == response.status_code and body["type"] == "about:blank"
+    return body
+
+
+class FailingStore(MilvusStore):
+    """A store whose every Milvus call fails in a way nobody planned for: what a 500 looks like."""
+
+    def _call(self, what: str, action: Callable[[MilvusClient], T]) -> T:
+        raise RuntimeError(f"an unplanned failure (secret-ish internals) while trying to {what}")
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The service on the backend under test, and variants of it that answer the rarer statuses."""
+
+    search: FlaskClient
+    model_id: str  # holds ITEMS
+    limited: FlaskClient  # the same store; at most 3 items and 2 query vectors a request
+    small_body: FlaskClient  # the same store; bodies of at most 1024 bytes
+    down: FlaskClient  # a Milvus that cannot be reached
+    broken: FlaskClient  # a store that fails unexpectedly
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound once by us, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture(scope="module")
+def clients(search: FlaskClient, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Clients:
+    model_id = new_model_id()
+    stored = upsert(search, model_id, ITEMS)
+    assert stored.status_code == 200, stored.get_data(as_text=True)
+    service: SearchService = search.application.extensions["medsearch_search"]
+    # Variants share the store: Milvus Lite allows one client per folder and process.
+    limited = dataclasses.replace(service.settings, max_items=3, max_queries=2)
+    small_body = dataclasses.replace(service.settings, max_request_bytes=1024)
+    if backend == "lite":
+        in_the_way = tmp_path_factory.mktemp("milvus-down") / "a-file"
+        in_the_way.write_text("a file where Milvus Lite's folder should be\n")
+        unreachable = str(in_the_way / "search.db")
+    else:
+        unreachable = f"http://127.0.0.1:{closed_port()}"
+    down = search_settings(unreachable, milvus_timeout_s=2.0)
+    return Clients(
+        search=search,
+        model_id=model_id,
+        limited=create_app(limited, store=service.store).test_client(),
+        small_body=create_app(small_body, store=service.store).test_client(),
+        down=create_app(down).test_client(),
+        broken=create_app(service.settings, store=FailingStore(service.settings)).test_client(),
+    )
+
+
+# -- the document itself -------------------------------------------------------------------------------------
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    validate(DOCUMENT)
+    assert DOCUMENT["openapi"] == "3.1.0"
+
+
+def test_the_package_ships_the_document() -> None:
+    # An editable install finds the file in src/; a built wheel only when package-data names it.
+    project = tomllib.loads((REPO_ROOT / "services/search/pyproject.toml").read_text(encoding="utf-8"))
+    assert "openapi.json" in project["tool"]["setuptools"]["package-data"]["medsearch_search"]
+
+
+def test_the_served_document_is_the_file(search: FlaskClient) -> None:
+    response = search.get("/v1/openapi.json")
+    assert check(response, "/v1/openapi.json", "get") == DOCUMENT
+
+
+def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(search: FlaskClient) -> None:
+    app = search.application
+    routes = {
+        (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    assert {(VECTORS, "put"), (SEARCH, "post"), ("/readyz", "get")} <= routes
+    documented = {
+        (path, method)
+        for path, item in DOCUMENT["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+    assert routes - documented == set(), "routes missing from openapi.json"
+    assert documented - routes == set(), "openapi.json documents routes the app does not have"
+
+
+# -- real answers against the document -----------------------------------------------------------------------
+
+
+def at(path: str, model_id: str, vector_id: int | str = "") -> str:
+    return path.replace("{model_id}", model_id).replace("{vector_id}", str(vector_id))
+
+
+def query(c: Clients, **body: Any) -> dict[str, Any]:
+    return {"vectors": [VECTORS_STORED[0].tolist()], **body}
+
+
+def upsert_again(c: Clients) -> TestResponse:
+    return c.search.put(at(VECTORS, c.model_id), json={"items": [ITEMS[2]]})
+
+
+def delete_stored(c: Clients) -> TestResponse:
+    extra = {"id": 50, "vector": VECTORS_STORED[1].tolist()}
+    assert c.search.put(at(VECTORS, c.model_id), json={"items": [extra]}).status_code == 200
+    deleted = c.search.delete(at(VECTOR, c.model_id, 50))
+    assert c.search.get(at(VECTOR, c.model_id, 50)).status_code == 404
+    return deleted
+
+
+def search_filtered(c: Clients) -> TestResponse:
+    flt = {"dataset": ["nih"], "sex": ["F"], "age": {"min": 40}, "exclude_ids": [2, 3]}
+    return c.search.post(at(SEARCH, c.model_id), json=query(c, k=5, filter=flt, one_per_patient=True))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: str
+    method: str
+    status: int
+    send: Callable[[Clients], TestResponse]
+    problem_type: str | None = None  # the problem's type, for an error
+    detail: str = ""  # words the problem's detail holds
+    expect: Callable[[Clients, Any], None] | None = None  # further checks of a success's body
+
+
+def expect_one_upserted(c: Clients, body: Any) -> None:
+    assert body == {"upserted": 1}
+
+
+def expect_listed(c: Clients, body: Any) -> None:
+    [model] = [m for m in body["models"] if m["model_id"] == c.model_id]
+    assert model["dim"] == DIM and model["count"] == len(ITEMS)
+    assert [m["model_id"] for m in body["models"]] == sorted(m["model_id"] for m in body["models"])
+
+
+def expect_model(c: Clients, body: Any) -> None:
+    assert body["model_id"] == c.model_id and body["dim"] == DIM and body["count"] == len(ITEMS)
+    listed = check(c.search.get(MODELS), MODELS, "get")
+    assert body in listed["models"]
+
+
+def expect_normalized_attributes(c: Clients, body: Any) -> None:
+    assert body["id"] == 1
+    assert body["attributes"] == {
+        "dataset": "nih",
+        "patient_id": "p1",
+        "sex": "F",
+        "age": 61,
+        "view_position": "PA",
+        "findings": ["Mass", "Effusion"],
+    }
+
+
+def expect_unknown_attributes(c: Clients, body: Any) -> None:
+    assert body["attributes"] == dict.fromkeys(
+        ["dataset", "patient_id", "sex", "age", "view_position"], None
+    ) | {"findings": []}
+
+
+def expect_self_first(c: Clients, body: Any) -> None:
+    [hits] = body["results"]
+    assert hits[0]["id"] == 1 and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def expect_only_matching(c: Clients, body: Any) -> None:
+    assert [hit["id"] for hit in body["results"][0]] == [1]
+
+
+CASES: list[Case] = [
+    # 2xx
+    Case("list models", MODELS, "get", 200, lambda c: c.search.get(MODELS), expect=expect_listed),
+    Case(
+        "get a model", MODEL, "get", 200, lambda c: c.search.get(at(MODEL, c.model_id)), expect=expect_model
+    ),
+    Case(
+        "upsert",
+        VECTORS,
+        "put",
+        200,
+        upsert_again,
+        expect=expect_one_upserted,
+    ),
+    Case(
+        "get a vector",
+        VECTOR,
+        "get",
+        200,
+        lambda c: c.search.get(at(VECTOR, c.model_id, 1)),
+        expect=expect_normalized_attributes,
+    ),
+    Case(
+        "get a vector of unknown attributes",
+        VECTOR,
+        "get",
+        200,
+        lambda c: c.search.get(at(VECTOR, c.model_id, 2)),
+        expect=expect_unknown_attributes,
+    ),
+    Case("delete a vector", VECTOR, "delete", 204, delete_stored),
+    Case(
+        "delete what is not there",
+        VECTOR,
+        "delete",
+        204,
+        lambda c: c.search.delete(at(VECTOR, c.model_id, 999)),
+    ),
+    Case(
+        "search",
+        SEARCH,
+        "post",
+        200,
+        lambda c: c.search.post(at(SEARCH, c.model_id), json=query(c, k=3)),
+        expect=expect_self_first,
+    ),
+    Case("search with a filter", SEARCH, "post", 200, search_filtered, expect=expect_only_matching),
+    Case("openapi", "/v1/openapi.json", "get", 200, lambda c: c.search.get("/v1/openapi.json")),
+    Case("healthz", "/healthz", "get", 200, lambda c: c.search.get("/healthz")),
+    Case("readyz", "/readyz", "get", 200, lambda c: c.search.get("/readyz")),
+    Case("metrics", "/metrics", "get", 200, lambda c: c.search.get("/metrics")),
+    # 400
+    Case(
+        "invalid model_id",
+        MODEL,
+        "get",
+        400,
+        lambda c: c.search.get(at(MODEL, "-x")),
+        "invalid-request",
+        "model_id",
+    ),
+    Case(
+        "upsert of no JSON",
+        VECTORS,
+        "put",
+        400,
+        lambda c: c.search.put(at(VECTORS, c.model_id), data="items", content_type="text/plain"),
+        "invalid-request",
+        "Content-Type: application/json",
+    ),
+    Case(
+        "vector_id not a number",
+        VECTOR,
+        "get",
+        400,
+        lambda c: c.search.get(at(VECTOR, c.model_id, "abc")),
+        "invalid-request",
+        "vector id",
+    ),
+    Case(
+        "delete of vector_id 0",
+        VECTOR,
+        "delete",
+        400,
+        lambda c: c.search.delete(at(VECTOR, c.model_id, 0)),
+        "invalid-request",
+        "vector id",
+    ),
+    Case(
+        "search with k 0",
+        SEARCH,
+        "post",
+        400,
+        lambda c: c.search.post(at(SEARCH, c.model_id), json=query(c, k=0)),
+        "invalid-request",
+        "k must be an integer from 1 to 100",
+    ),
+    # 404
+    Case(
+        "unknown model",
+        MODEL,
+        "get",
+        404,
+        lambda c: c.search.get(at(MODEL, new_model_id())),
+        "model-not-found",
+        "no vectors were ever stored",
+    ),
+    Case(
+        "vector of an unknown model",
+        VECTOR,
+        "get",
+        404,
+        lambda c: c.search.get(at(VECTOR, new_model_id(), 1)),
+        "model-not-found",
+        "no vectors were ever stored",
+    ),
+    Case(
+        "unknown vector",
+        VECTOR,
+        "get",
+        404,
+        lambda c: c.search.get(at(VECTOR, c.model_id, 999)),
+        "vector-not-found",
+        "no vector with id 999",
+    ),
+    Case(
+        "search of an unknown model",
+        SEARCH,
+        "post",
+        404,
+        lambda c: c.search.post(at(SEARCH, new_model_id()), json=query(c)),
+        "model-not-found",
+        "no vectors were ever stored",
+    ),
+    # 413
+    Case(
+        "too many items",
+        VECTORS,
+        "put",
+        413,
+        lambda c: c.limited.put(at(VECTORS, c.model_id), json={"items": [*ITEMS, {**ITEMS[0], "id": 9}]}),
+        "batch-too-large",
+        "4 items in one request; the limit is 3",
+    ),
+    Case(
+        "upsert body too large",
+        VECTORS,
+        "put",
+        413,
+        lambda c: c.small_body.put(at(VECTORS, c.model_id), json={"items": ITEMS * 4}),
+        "about:blank",
+        "larger than 1024 bytes",
+    ),
+    Case(
+        "too many query vectors",
+        SEARCH,
+        "post",
+        413,
+        lambda c: c.limited.post(at(SEARCH, c.model_id), json={"vectors": VECTORS_STORED.tolist()}),
+        "batch-too-large",
+        "3 query vectors in one request; the limit is 2",
+    ),
+    Case(
+        "search body too large",
+        SEARCH,
+        "post",
+        413,
+        lambda c: c.small_body.post(at(SEARCH, c.model_id), json={"vectors": VECTORS_STORED.tolist() * 4}),
+        "about:blank",
+        "larger than 1024 bytes",
+    ),
+    # 422
+    Case(
+        "zero vector",
+        VECTORS,
+        "put",
+        422,
+        lambda c: c.search.put(at(VECTORS, c.model_id), json={"items": [{"id": 9, "vector": [0.0] * DIM}]}),
+        "invalid-vector",
+        "zero vector",
+    ),
+    Case(
+        "query of another dimension",
+        SEARCH,
+        "post",
+        422,
+        lambda c: c.search.post(at(SEARCH, c.model_id), json={"vectors": [[1.0, 2.0]]}),
+        "invalid-vector",
+        f"dimension 2, but this model's vectors have dimension {DIM}",
+    ),
+    # 500
+    Case("unplanned failure: models", MODELS, "get", 500, lambda c: c.broken.get(MODELS), "about:blank"),
+    Case(
+        "unplanned failure: a model",
+        MODEL,
+        "get",
+        500,
+        lambda c: c.broken.get(at(MODEL, c.model_id)),
+        "about:blank",
+    ),
+    Case(
+        "unplanned failure: upsert",
+        VECTORS,
+        "put",
+        500,
+        lambda c: c.broken.put(at(VECTORS, c.model_id), json={"items": ITEMS}),
+        "about:blank",
+    ),
+    Case(
+        "unplanned failure: get",
+        VECTOR,
+        "get",
+        500,
+        lambda c: c.broken.get(at(VECTOR, c.model_id, 1)),
+        "about:blank",
+    ),
+    Case(
+        "unplanned failure: delete",
+        VECTOR,
+        "delete",
+        500,
+        lambda c: c.broken.delete(at(VECTOR, c.model_id, 1)),
+        "about:blank",
+    ),
+    Case(
+        "unplanned failure: search",
+        SEARCH,
+        "post",
+        500,
+        lambda c: c.broken.post(at(SEARCH, c.model_id), json=query(c)),
+        "about:blank",
+    ),
+    Case(
+        "unplanned failure: readyz", "/readyz", "get", 500, lambda c: c.broken.get("/readyz"), "about:blank"
+    ),
+    # 503
+    Case(
+        "milvus down: models",
+        MODELS,
+        "get",
+        503,
+        lambda c: c.down.get(MODELS),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: a model",
+        MODEL,
+        "get",
+        503,
+        lambda c: c.down.get(at(MODEL, c.model_id)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: upsert",
+        VECTORS,
+        "put",
+        503,
+        lambda c: c.down.put(at(VECTORS, c.model_id), json={"items": ITEMS}),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: get",
+        VECTOR,
+        "get",
+        503,
+        lambda c: c.down.get(at(VECTOR, c.model_id, 1)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: delete",
+        VECTOR,
+        "delete",
+        503,
+        lambda c: c.down.delete(at(VECTOR, c.model_id, 1)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: search",
+        SEARCH,
+        "post",
+        503,
+        lambda c: c.down.post(at(SEARCH, c.model_id), json=query(c)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: readyz",
+        "/readyz",
+        "get",
+        503,
+        lambda c: c.down.get("/readyz"),
+        "not-ready",
+        "search is not ready (milvus: Milvus",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_each_answer_is_the_one_the_document_gives(clients: Clients, case: Case) -> None:
+    response = case.send(clients)
+    assert response.status_code == case.status, response.get_data(as_text=True)
+    body = check(response, case.path, case.method)
+    if case.problem_type is not None:
+        want = case.problem_type if case.problem_type == "about:blank" else PROBLEM + case.problem_type
+        assert body["type"] == want
+        assert case.detail in body["detail"]
+    if case.status == 500:
+        assert "secret-ish" not in body["detail"], "a 500 must not show the failure's internals"
+    if case.expect is not None:
+        case.expect(clients, body)
+
+
+def test_every_documented_answer_has_a_case() -> None:
+    documented = {
+        (path, method, status)
+        for path, item in DOCUMENT["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+        for status in operation["responses"]
+    }
+    cased = {(case.path, case.method, str(case.status)) for case in CASES}
+    assert cased - documented == set(), "cases of answers the document does not list"
+    assert documented - NO_REAL_500 - cased == set(), "documented answers that no case produces"
+
+
+def test_each_413_kind_the_document_names_has_a_case() -> None:
+    kinds = {(case.path, case.problem_type) for case in CASES if case.status == 413}
+    assert kinds == {
+        (path, kind) for path in (VECTORS, SEARCH) for kind in ("batch-too-large", "about:blank")
+    }
+
+
+def test_a_broken_milvus_is_named_with_its_uri_in_readyz(clients: Clients) -> None:
+    body = check(clients.down.get("/readyz"), "/readyz", "get")
+    assert body["checks"]["milvus"].startswith("Milvus (")
+    service: SearchService = clients.down.application.extensions["medsearch_search"]
+    assert service.settings.milvus_uri_redacted in body["checks"]["milvus"]
+    assert check(clients.down.get("/healthz"), "/healthz", "get") == {"status": "ok", "service": "search"}
+
+
+def test_health_readiness_and_metrics(clients: Clients) -> None:
+    client = clients.search
+    assert check(client.get("/healthz"), "/healthz", "get") == {"status": "ok", "service": "search"}
+    ready = check(client.get("/readyz"), "/readyz", "get")
+    assert ready == {"status": "ready", "service": "search", "checks": {"milvus": "ok"}}
+    assert b"http_requests_total" in check(client.get("/metrics"), "/metrics", "get")
+
+
+def test_the_request_id_is_returned(clients: Clients) -> None:
+    response = clients.search.get(at(MODEL, clients.model_id), headers={"X-Request-ID": "req-42.a:b"})
+    check(response, MODEL, "get")
+    assert response.headers["X-Request-ID"] == "req-42.a:b"
+
+
+def test_unknown_path_and_wrong_method_are_the_problems_the_document_states(clients: Clients) -> None:
+    client = clients.search
+    unknown = client.get("/v2/models")
+    assert unknown.status_code == 404
+    assert_plain_problem(unknown)
+    slash_in_model_id = client.get(f"/v1/models/{clients.model_id}/x/vectors/1")
+    assert slash_in_model_id.status_code == 404
+    assert_plain_problem(slash_in_model_id)
+    wrong_method = client.post(at(VECTORS, clients.model_id), json={"items": ITEMS})
+    assert wrong_method.status_code == 405 and "PUT" in wrong_method.headers["Allow"].split(", ")
+    assert_plain_problem(wrong_method)
