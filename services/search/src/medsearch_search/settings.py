@@ -25,7 +25,7 @@ INDEXES = ("auto", "FLAT", "HNSW")
 @dataclass(frozen=True)
 class SearchSettings:
     binding: Binding
-    milvus_uri: str = DEFAULT_MILVUS_URI
+    milvus_uri: str = field(default=DEFAULT_MILVUS_URI, repr=False)  # may hold a password
     milvus_token: str | None = field(default=None, repr=False)
     milvus_timeout_s: float = 10.0
     index: str = "auto"
@@ -50,12 +50,12 @@ class SearchSettings:
         if not uri.startswith(("http://", "https://")) and not uri.endswith(".db"):
             raise SettingsError(
                 f"MEDSEARCH_MILVUS_URI must be http(s)://host:port for a Milvus server or a local path "
-                f"ending in .db for Milvus Lite, got {uri!r}"
+                f"ending in .db for Milvus Lite, got {redact_url(uri)!r}"
             )
         return cls(
             binding=Binding.from_environ(environ, DEFAULT_PORT),
             milvus_uri=uri,
-            milvus_token=environ.get("MEDSEARCH_MILVUS_TOKEN") or None,
+            milvus_token=environ.get("MEDSEARCH_MILVUS_TOKEN", "").strip() or None,
             milvus_timeout_s=env_float(
                 environ, "MEDSEARCH_SEARCH_MILVUS_TIMEOUT_S", cls.milvus_timeout_s, minimum=0.1, maximum=600
             ),

@@ -35,6 +35,11 @@ ATTRIBUTE_FIELDS = ("dataset", "patient_id", "sex", "age", "view_position", "fin
 _MAX_TEXT_BYTES = 1024
 _MAX_TOPK = 16384  # Milvus's limit on hits per query
 _HNSW = {"M": 16, "efConstruction": 200}
+# gRPC's shared subchannel pool keeps its reconnect backoff (up to 120 s) across clients: after
+# a long outage the service would wait a minute to see Milvus back. Measured: 52 s -> 0.07 s.
+_GRPC_OPTIONS = {"grpc.use_local_subchannel_pool": 1, "grpc.max_reconnect_backoff_ms": 2000}
+# Creating a collection also loads it: 2.7 s on the embedded 2.3 server, whatever the call timeout.
+_CREATE_TIMEOUT_S = 120.0
 _MILVUS_ERRORS = (
     MilvusException,
     grpc.RpcError,
@@ -191,7 +196,7 @@ class MilvusStore:
                     schema=schema,
                     index_params=index_params,
                     consistency_level="Strong",
-                    timeout=self._timeout,
+                    timeout=max(self._timeout, _CREATE_TIMEOUT_S),
                 ),
             )
             log.info("collection created", extra={"model_id": model_id, "dim": dim, "index": index})
@@ -334,7 +339,10 @@ class MilvusStore:
                     Path(uri).parent.mkdir(parents=True, exist_ok=True)
                 try:
                     client = MilvusClient(
-                        uri=uri, token=self._settings.milvus_token or "", timeout=self._timeout
+                        uri=uri,
+                        token=self._settings.milvus_token or "",
+                        timeout=self._timeout,
+                        grpc_options=_GRPC_OPTIONS,
                     )
                     version = str(client.get_server_version(timeout=self._timeout))
                 except Exception as exc:  # whatever pymilvus raises, Milvus is what failed

@@ -8,6 +8,8 @@ from medsearch_search.settings import SearchSettings
 
 settings = SearchSettings.from_environ()
 configure_logging("search", settings.log_level)
+# pymilvus logs a traceback for every failed call; the service logs each failure once, itself.
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 logging.getLogger("medsearch.search").info(
     "starting", extra={"milvus": settings.milvus_uri_redacted, "index": settings.index}
 )
