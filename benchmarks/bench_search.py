@@ -60,7 +60,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=0, help="use only the first N images (0 = all)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--queries", type=int, default=40, help="single queries per mode and round")
+    parser.add_argument("--queries", type=int, default=20, help="single queries per mode and round")
     parser.add_argument("--backends", default="lite,server")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "search.json")
     args = parser.parse_args()
@@ -69,15 +69,12 @@ def main() -> None:
     vectors = random_unit_vectors(len(attributes), DIM, seed=1)
     queries = random_unit_vectors(args.queries + BATCH, DIM, seed=2)
     print(f"bench-search: {len(attributes)} rows of real metadata, {DIM}-d random vectors", flush=True)
-    expression = parse_filter(FILTER).expression()
     exact = exact_top10(vectors, queries[:BATCH])
 
     results: dict[str, Any] = {}
     for backend in args.backends.split(","):
         with milvus(backend) as uri:
-            results[backend] = run_backend(
-                backend, uri, vectors, attributes, queries, expression, exact, args
-            )
+            results[backend] = run_backend(backend, uri, vectors, attributes, queries, exact, args)
         print(f"bench-search: {backend}: {json.dumps(results[backend])}", flush=True)
 
     report = {
@@ -108,7 +105,6 @@ def run_backend(
     vectors: NDArray[np.float32],
     attributes: list[Attributes],
     queries: NDArray[np.float32],
-    expression: str,
     exact: list[set[int]],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
@@ -117,23 +113,28 @@ def run_backend(
     store = MilvusStore(settings)
     started = time.perf_counter()
     collection = store.ensure_collection(MODEL_ID, DIM)
+    expression = store.expression(parse_filter(FILTER))  # what the service sends this engine
     for start in range(0, len(vectors), 2000):
         end = min(start + 2000, len(vectors))
         store.upsert(collection, list(range(start + 1, end + 1)), vectors[start:end], attributes[start:end])
     load_s = time.perf_counter() - started
+    print(f"bench-search: {backend}: {len(vectors)} rows loaded in {load_s:.0f} s", flush=True)
     raw = MilvusClient(uri=uri, timeout=600)
     name = collection_name(MODEL_ID)
     started = time.perf_counter()
     raw.flush(name)
     wait_for_index(raw, name, len(vectors))
     index_s = time.perf_counter() - started
+    print(f"bench-search: {backend}: flushed and indexed ({index}) in {index_s:.0f} s", flush=True)
     store.close()
 
     with search_service(uri, index) as base:
         session = requests.Session()
         params: dict[str, Any] = {"metric_type": "COSINE"}
         if index == "HNSW":
-            params["params"] = {"ef": 64}  # what the service asks for at k <= 64
+            params["params"] = {
+                "ef": SearchSettings(Binding("127.0.0.1", 0)).hnsw_ef
+            }  # the service's default
 
         def raw_search(batch: NDArray[np.float32], flt: str) -> None:
             raw.search(
@@ -143,10 +144,12 @@ def run_backend(
                 filter=flt,
                 output_fields=["patient_key"],
                 search_params=params,
+                consistency_level="Bounded",
             )
 
         def service_search(batch: NDArray[np.float32], flt: dict[str, Any] | None) -> None:
-            body: dict[str, Any] = {"vectors": batch.tolist(), "k": 10}
+            # Bounded, as an interactive search asks: strong waits for the server's time tick.
+            body: dict[str, Any] = {"vectors": batch.tolist(), "k": 10, "consistency": "bounded"}
             if flt:
                 body["filter"] = flt
             response = session.post(f"{base}/v1/models/{MODEL_ID}/search", json=body, timeout=600)
@@ -311,6 +314,7 @@ def search_service(uri: str, index: str) -> Iterator[str]:
         "MEDSEARCH_PORT": str(port),
         "MEDSEARCH_MILVUS_URI": uri,
         "MEDSEARCH_SEARCH_INDEX": index,
+        "MEDSEARCH_SEARCH_MILVUS_TIMEOUT_S": "600",  # exact search over 112k rows, 100 queries at once
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "medsearch_search"],

@@ -8,72 +8,24 @@ field added, renamed or dropped in the code without the document fails here.
 from __future__ import annotations
 
 import io
-import json
 import re
 import secrets
-from importlib import resources
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from PIL import Image
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
 from tests.catalog.conftest import png, row_counts, upload
+from tests.support.openapi import HTTP_METHODS, OpenApiDocument
 
-DOCUMENT: dict[str, Any] = json.loads(
-    (resources.files("medsearch_catalog") / "openapi.json").read_text(encoding="utf-8")
-)
-DOCUMENT_URI = "urn:medsearch:catalog:openapi"
-# The whole document as one schema resource, so that its "#/components/..." references resolve.
-REGISTRY: Registry = Registry().with_resource(DOCUMENT_URI, DRAFT202012.create_resource(DOCUMENT))
-HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-
-
-def pointer(*parts: str) -> str:
-    """A JSON pointer (RFC 6901) to the given keys."""
-    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
-
-
-def schema_errors(ref: str, instance: Any) -> list[str]:
-    """Why `instance` fails the schema at `ref` (a pointer into the document), as readable lines."""
-    validator = Draft202012Validator(
-        {"$ref": f"{DOCUMENT_URI}#{ref}"},
-        registry=REGISTRY,
-        format_checker=Draft202012Validator.FORMAT_CHECKER,
-    )
-    return [
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in validator.iter_errors(instance)
-    ]
-
-
-def check(response: TestResponse, path: str, method: str) -> Any:
-    """Assert that the document describes this real response, its JSON body included; return the body."""
-    responses = DOCUMENT["paths"][path][method]["responses"]
-    status = str(response.status_code)
-    assert status in responses, f"{method.upper()} {path} answered {status}, which the document does not list"
-    where = pointer("paths", path, method, "responses", status)
-    described = responses[status]
-    if "$ref" in described:
-        where = described["$ref"].removeprefix("#")
-        described = REGISTRY.resolver().lookup(f"{DOCUMENT_URI}#{where}").contents
-    content = described.get("content", {})
-    if not content:
-        assert response.data == b"", f"{status} is documented without a body"
-        return None
-    assert response.mimetype in content, f"{response.mimetype} is not among {sorted(content)} for {status}"
-    if not response.mimetype.endswith("json"):
-        return response.data
-    body = response.json
-    errors = schema_errors(where + pointer("content", response.mimetype, "schema"), body)
-    assert not errors, f"{method.upper()} {path} {status} does not match the document:\n" + "\n".join(errors)
-    return body
+OPENAPI = OpenApiDocument("medsearch_catalog")
+DOCUMENT = OPENAPI.document
+check = OPENAPI.check
+schema_errors = OPENAPI.schema_errors
 
 
 def add(client: FlaskClient, seed: int, **metadata: Any) -> dict[str, Any]:

@@ -9,12 +9,10 @@ without the document fails here.
 from __future__ import annotations
 
 import io
-import json
 import re
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +20,9 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from PIL import Image
 from pydicom.uid import JPEGLSLossless
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
 from medsearch_embedder.app import create_app
@@ -35,14 +30,13 @@ from medsearch_embedder.weights import WeightsSpec
 from tests.conftest import REPO_ROOT
 from tests.embedder.conftest import embedder_settings, post_images
 from tests.embedder.dicoms import dicom
+from tests.support.openapi import HTTP_METHODS, OpenApiDocument
 
-DOCUMENT: dict[str, Any] = json.loads(
-    (resources.files("medsearch_embedder") / "openapi.json").read_text(encoding="utf-8")
-)
-DOCUMENT_URI = "urn:medsearch:embedder:openapi"
-# The whole document as one schema resource, so that its "#/components/..." references resolve.
-REGISTRY: Registry = Registry().with_resource(DOCUMENT_URI, DRAFT202012.create_resource(DOCUMENT))
-HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+OPENAPI = OpenApiDocument("medsearch_embedder")
+DOCUMENT = OPENAPI.document
+check = OPENAPI.check
+schema_errors = OPENAPI.schema_errors
+
 PROBLEM = "urn:medsearch:problem:"
 EMBEDDINGS = "/v1/embeddings"
 
@@ -51,59 +45,6 @@ NIH_RGBA = "nih_cxr14/images/00000100_000.png"
 HANNOVER = "covid_hannover/images/006f3a8a.png"
 # How long a failed model load may take to show in /readyz before the test gives up (a hang guard).
 LOAD_FAILURE_TIMEOUT_S = 120.0
-
-
-def pointer(*parts: str) -> str:
-    """A JSON pointer (RFC 6901) to the given keys."""
-    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
-
-
-def resolved(node: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
-    """`node` (found at the pointer `where`) with its `$ref` followed, and where it really is."""
-    if "$ref" not in node:
-        return node, where
-    target = node["$ref"].removeprefix("#")
-    contents: dict[str, Any] = REGISTRY.resolver().lookup(f"{DOCUMENT_URI}#{target}").contents
-    return contents, target
-
-
-def schema_errors(ref: str, instance: Any) -> list[str]:
-    """Why `instance` fails the schema at `ref` (a pointer into the document), as readable lines."""
-    validator = Draft202012Validator(
-        {"$ref": f"{DOCUMENT_URI}#{ref}"},
-        registry=REGISTRY,
-        format_checker=Draft202012Validator.FORMAT_CHECKER,
-    )
-    return [
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in validator.iter_errors(instance)
-    ]
-
-
-def check(response: TestResponse, path: str, method: str) -> Any:
-    """Assert the document describes this real response (media type, headers, JSON body); return its body."""
-    responses = DOCUMENT["paths"][path][method]["responses"]
-    status = str(response.status_code)
-    assert status in responses, f"{method.upper()} {path} answered {status}, which the document does not list"
-    described, where = resolved(responses[status], pointer("paths", path, method, "responses", status))
-    for name, header in described.get("headers", {}).items():
-        header, header_at = resolved(header, where + pointer("headers", name))
-        if name not in response.headers:
-            assert not header.get("required"), f"{status} lacks the required header {name}"
-            continue
-        errors = schema_errors(header_at + "/schema", response.headers[name])
-        assert not errors, f"header {name} of {status} does not match the document: {errors}"
-    content = described.get("content", {})
-    mimetype = response.mimetype or ""
-    assert mimetype in content, f"{mimetype!r} is not among {sorted(content)} for {status}"
-    if not mimetype.endswith("json"):
-        return response.data
-    body = response.json
-    errors = schema_errors(where + pointer("content", mimetype, "schema"), body)
-    assert not errors, f"{method.upper()} {path} {status} does not match the document:\n" + "\n".join(errors)
-    if mimetype == "application/problem+json":
-        assert body["status"] == response.status_code  # type: ignore[index]
-    return body
 
 
 def assert_plain_problem(response: TestResponse) -> dict[str, Any]:

@@ -10,22 +10,17 @@ the document lists, and a test holds the table and the document to each other.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar
 
 import pytest
 from flask.testing import FlaskClient
-from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from pymilvus import MilvusClient
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
 from medsearch_search.app import create_app
@@ -33,14 +28,13 @@ from medsearch_search.service import SearchService
 from medsearch_search.store import MilvusStore
 from tests.conftest import REPO_ROOT
 from tests.search.conftest import new_model_id, search_settings, unit_vectors, upsert
+from tests.support.openapi import HTTP_METHODS, OpenApiDocument
 
-DOCUMENT: dict[str, Any] = json.loads(
-    (resources.files("medsearch_search") / "openapi.json").read_text(encoding="utf-8")
-)
-DOCUMENT_URI = "urn:medsearch:search:openapi"
-# The whole document as one schema resource, so that its "#/components/..." references resolve.
-REGISTRY: Registry = Registry().with_resource(DOCUMENT_URI, DRAFT202012.create_resource(DOCUMENT))
-HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+OPENAPI = OpenApiDocument("medsearch_search")
+DOCUMENT = OPENAPI.document
+check = OPENAPI.check
+schema_errors = OPENAPI.schema_errors
+
 PROBLEM = "urn:medsearch:problem:"
 
 MODELS = "/v1/models"
@@ -71,65 +65,6 @@ ITEMS: list[dict[str, Any]] = [
 NO_REAL_500 = {("/v1/openapi.json", "get", "500"), ("/healthz", "get", "500"), ("/metrics", "get", "500")}
 
 T = TypeVar("T")
-
-
-def pointer(*parts: str) -> str:
-    """A JSON pointer (RFC 6901) to the given keys."""
-    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
-
-
-def resolved(node: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
-    """`node` (found at the pointer `where`) with its `$ref` followed, and where it really is."""
-    if "$ref" not in node:
-        return node, where
-    target = node["$ref"].removeprefix("#")
-    contents: dict[str, Any] = REGISTRY.resolver().lookup(f"{DOCUMENT_URI}#{target}").contents
-    return contents, target
-
-
-def schema_errors(ref: str, instance: Any) -> list[str]:
-    """Why `instance` fails the schema at `ref` (a pointer into the document), as readable lines."""
-    validator = Draft202012Validator(
-        {"$ref": f"{DOCUMENT_URI}#{ref}"},
-        registry=REGISTRY,
-        format_checker=Draft202012Validator.FORMAT_CHECKER,
-    )
-    return [
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in validator.iter_errors(instance)
-    ]
-
-
-def check(response: TestResponse, path: str, method: str) -> Any:
-    """Assert the document describes this real response (media type, headers, body); return its body."""
-    responses = DOCUMENT["paths"][path][method]["responses"]
-    status = str(response.status_code)
-    assert status in responses, (
-        f"{method.upper()} {path} answered {status}, which the document does not list: "
-        + response.get_data(as_text=True)[:300]
-    )
-    described, where = resolved(responses[status], pointer("paths", path, method, "responses", status))
-    for name, header in described.get("headers", {}).items():
-        header, header_at = resolved(header, where + pointer("headers", name))
-        if name not in response.headers:
-            assert not header.get("required"), f"{status} lacks the required header {name}"
-            continue
-        errors = schema_errors(header_at + "/schema", response.headers[name])
-        assert not errors, f"header {name} of {status} does not match the document: {errors}"
-    content = described.get("content", {})
-    if not content:
-        assert response.data == b"", f"{status} is documented without a body"
-        return None
-    mimetype = response.mimetype or ""
-    assert mimetype in content, f"{mimetype!r} is not among {sorted(content)} for {status}"
-    if not mimetype.endswith("json"):
-        return response.data
-    body = response.json
-    errors = schema_errors(where + pointer("content", mimetype, "schema"), body)
-    assert not errors, f"{method.upper()} {path} {status} does not match the document:\n" + "\n".join(errors)
-    if mimetype == "application/problem+json":
-        assert body["status"] == response.status_code  # type: ignore[index]
-    return body
 
 
 def assert_plain_problem(response: TestResponse) -> dict[str, Any]:

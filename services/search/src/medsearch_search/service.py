@@ -35,6 +35,7 @@ class SearchRequest:
     k: int
     filter: SearchFilter
     one_per_patient: bool
+    strong: bool
 
 
 class SearchService:
@@ -88,17 +89,21 @@ class SearchService:
         collection = self._collection(model_id)
         request = self.parse_search(body, collection.dim)
         return self.store.search(
-            collection, request.vectors, request.k, request.filter, one_per_patient=request.one_per_patient
+            collection,
+            request.vectors,
+            request.k,
+            request.filter,
+            one_per_patient=request.one_per_patient,
+            strong=request.strong,
         )
 
     def parse_search(self, body: Any, dim: int) -> SearchRequest:
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object with vectors, k and filter")
-        unknown = sorted(set(body) - {"vectors", "k", "filter", "one_per_patient"})
+        known = ("vectors", "k", "filter", "one_per_patient", "consistency")
+        unknown = sorted(set(body) - set(known))
         if unknown:
-            raise InvalidRequest(
-                f"unknown field(s): {', '.join(unknown)}; known: vectors, k, filter, one_per_patient"
-            )
+            raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}; known: {', '.join(known)}")
         raw = _field(body, "vectors", list)
         if not raw:
             raise InvalidRequest("vectors is empty: send at least one query vector")
@@ -112,8 +117,12 @@ class SearchService:
         one_per_patient = body.get("one_per_patient", False)
         if not isinstance(one_per_patient, bool):
             raise InvalidRequest(f"one_per_patient must be true or false, got {json_text(one_per_patient)}")
+        consistency = body.get("consistency", "strong")
+        if consistency not in ("strong", "bounded"):
+            raise InvalidRequest(f'consistency must be "strong" or "bounded", got {json_text(consistency)}')
+        vectors = parse_vectors(raw, "vectors", dim)
         return SearchRequest(
-            parse_vectors(raw, "vectors", dim), k, parse_filter(body.get("filter")), one_per_patient
+            vectors, k, parse_filter(body.get("filter")), one_per_patient, consistency == "strong"
         )
 
     def model(self, model_id: str) -> dict[str, Any]:

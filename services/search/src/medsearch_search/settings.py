@@ -29,6 +29,7 @@ class SearchSettings:
     milvus_token: str | None = field(default=None, repr=False)
     milvus_timeout_s: float = 10.0
     index: str = "auto"
+    hnsw_ef: int = 128
     max_queries: int = 100
     max_items: int = 1000
     max_request_bytes: int = 64 * 1024 * 1024
@@ -60,6 +61,7 @@ class SearchSettings:
                 environ, "MEDSEARCH_SEARCH_MILVUS_TIMEOUT_S", cls.milvus_timeout_s, minimum=0.1, maximum=600
             ),
             index=env_choice(environ, "MEDSEARCH_SEARCH_INDEX", cls.index, INDEXES),
+            hnsw_ef=env_int(environ, "MEDSEARCH_SEARCH_HNSW_EF", cls.hnsw_ef, minimum=16, maximum=16384),
             max_queries=env_int(
                 environ, "MEDSEARCH_SEARCH_MAX_QUERIES", cls.max_queries, minimum=1, maximum=10_000
             ),

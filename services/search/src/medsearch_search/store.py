@@ -111,11 +111,12 @@ class MilvusStore:
         self._create_lock = threading.Lock()
         self._client: MilvusClient | None = None
         self._grouping = False
+        self._lite_engine = settings.is_lite  # known for sure once connected (a Lite server has a URL)
         self._collections: dict[str, Collection] = {}
 
     @property
     def backend(self) -> str:
-        return "milvus-lite" if self._settings.is_lite else "milvus-server"
+        return "milvus-lite" if self._lite_engine else "milvus-server"
 
     def check(self) -> str | None:
         """None when Milvus answers, else why not (for /readyz)."""
@@ -255,29 +256,32 @@ class MilvusStore:
         search_filter: SearchFilter,
         *,
         one_per_patient: bool,
+        strong: bool = True,
     ) -> list[list[Hit]]:
         """The k best hits of each query, best first; one Milvus call for all queries."""
-        # Lite runs array_contains_any ~30x slower than LIKE; servers before 2.4 have no infix LIKE.
-        expression = search_filter.expression("key" if self._settings.is_lite else "array")
+        expression = self.expression(search_filter)
+        # Strong waits for Milvus's time tick (~200 ms on a server) to see every write; bounded
+        # may miss the last moments of writes but answers at once. Lite always sees every write.
+        level = "Strong" if strong else "Bounded"
         if not one_per_patient:
             return [
                 [Hit(id_, score) for id_, score, _ in hits]
-                for hits in self._search(collection, vectors, k, expression)
+                for hits in self._search(collection, vectors, k, expression, level)
             ]
         if self._grouping:
-            found = self._search(collection, vectors, k, expression, group_by="patient_key")
+            found = self._search(collection, vectors, k, expression, level, group_by="patient_key")
             return [[Hit(id_, score) for id_, score, _ in hits] for hits in found]
-        return self._search_over_fetching(collection, vectors, k, expression)
+        return self._search_over_fetching(collection, vectors, k, expression, level)
 
     def _search_over_fetching(
-        self, collection: Collection, vectors: NDArray[np.float32], k: int, expression: str
+        self, collection: Collection, vectors: NDArray[np.float32], k: int, expression: str, level: str
     ) -> list[list[Hit]]:
         """Without grouping: fetch more than k, keep each patient's best, widen until k or no more rows."""
         results: list[list[Hit]] = [[] for _ in range(len(vectors))]
         pending = list(range(len(vectors)))
         fetch = min(k * 4, _MAX_TOPK)
         while pending:
-            found = self._search(collection, vectors[pending], fetch, expression)
+            found = self._search(collection, vectors[pending], fetch, expression, level)
             still = []
             for query, hits in zip(pending, found, strict=True):
                 best: dict[str, Hit] = {}
@@ -296,11 +300,13 @@ class MilvusStore:
         vectors: NDArray[np.float32],
         limit: int,
         expression: str,
+        level: str,
         group_by: str | None = None,
     ) -> list[list[tuple[int, float, str]]]:
         params: dict[str, Any] = {"metric_type": "COSINE"}
         if collection.index == "HNSW":
-            params["params"] = {"ef": max(64, limit)}  # ef below the hits asked for would cut them
+            # ef below the hits asked for would cut them
+            params["params"] = {"ef": max(self._settings.hnsw_ef, limit)}
         extra = {"group_by_field": group_by} if group_by else {}
         found = self._call(
             "search",
@@ -312,6 +318,7 @@ class MilvusStore:
                 output_fields=["patient_key"],
                 search_params=params,
                 timeout=self._timeout,
+                consistency_level=level,
                 **extra,
             ),
         )
@@ -323,13 +330,19 @@ class MilvusStore:
             for hits in found
         ]
 
+    def expression(self, search_filter: SearchFilter) -> str:
+        """The filter as this engine runs it best: Lite runs array_contains_any ~30x slower
+        than LIKE, and servers before 2.4 have no infix LIKE. Both forms admit the same rows."""
+        self._connect()
+        return search_filter.expression("key" if self._lite_engine else "array")
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _index_type(self) -> str:
         if self._settings.index != "auto":
             return self._settings.index
         # Lite: exact search; its fixed cost per call (~35 ms) dwarfs the scan at our sizes.
-        return "FLAT" if self._settings.is_lite else "HNSW"
+        return "FLAT" if self._lite_engine else "HNSW"
 
     def _connect(self) -> MilvusClient:
         with self._connect_lock:
@@ -350,6 +363,7 @@ class MilvusStore:
                         f"Milvus ({self._settings.milvus_uri_redacted}) is unreachable: {_first_line(exc)}"
                     ) from exc
                 self._grouping = _has_grouping(version)
+                self._lite_engine = version.startswith("milvus_lite")
                 log.info("milvus connected", extra={"backend": self.backend, "version": version})
                 self._client = client
             return self._client
@@ -365,8 +379,8 @@ class MilvusStore:
 
 def _has_grouping(version: str) -> bool:
     """Grouping search came with Milvus 2.4; Lite has it."""
-    if "lite" in version and not version.startswith("v"):
-        return True  # milvus_lite-<version>
+    if version.startswith("milvus_lite"):
+        return True
     match = re.match(r"v?(\d+)\.(\d+)", version)
     return match is not None and (int(match[1]), int(match[2])) >= (2, 4)
 
