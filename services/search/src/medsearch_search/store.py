@@ -339,10 +339,8 @@ class MilvusStore:
     # -- plumbing ----------------------------------------------------------------------
 
     def _index_type(self) -> str:
-        if self._settings.index != "auto":
-            return self._settings.index
-        # Lite: exact search; its fixed cost per call (~35 ms) dwarfs the scan at our sizes.
-        return "FLAT" if self._lite_engine else "HNSW"
+        # HNSW on every engine: a FLAT scan of 112k x 2048-d took 2.2 s per query on Milvus Lite.
+        return "HNSW" if self._settings.index == "auto" else self._settings.index
 
     def _connect(self) -> MilvusClient:
         with self._connect_lock:
