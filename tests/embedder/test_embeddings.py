@@ -124,7 +124,7 @@ def test_concurrent_requests_share_model_calls(
     make_embedder_app: Callable[..., Flask], test_data: Path
 ) -> None:
     # A long max delay makes the meeting certain: the first request waits for the others.
-    app = make_embedder_app(max_delay_ms=500)
+    app = make_embedder_app(max_delay_ms=3000)
     image = (test_data / NIH[0]).read_bytes()
     senders = 4
     start = threading.Barrier(senders)
