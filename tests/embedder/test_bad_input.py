@@ -281,7 +281,7 @@ def test_an_image_over_the_pixel_limit_is_a_422_for_that_image_alone(
     make_embedder_app: Callable[..., Flask], xray: bytes, small_xray: bytes
 ) -> None:
     client = make_embedder_app(max_image_pixels=1024 * 1024 - 1).test_client()
-    words = "the image is 1024x1024 (1048576 pixels); the limit is 1048575 pixels"
+    words = "the image has too many pixels: 1024x1024 (1048576 pixels); the limit is 1048575 pixels"
     assert assert_refused(post_images(client, [xray]), 422, words)["type"] == PROBLEM + "too-many-pixels"
     answer = post_images(client, [small_xray, xray])  # 640x599 fits
     assert list(vectors_of(answer)) == [0]

@@ -85,7 +85,7 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
         pixels = image.width * image.height
         if pixels > limits.max_pixels:
             raise TooManyPixels(
-                f"the image is {image.width}x{image.height} ({pixels} pixels);"
+                f"the image has too many pixels: {image.width}x{image.height} ({pixels} pixels);"
                 f" the limit is {limits.max_pixels} pixels"
             )
         image.load()

@@ -141,6 +141,6 @@ def _stretch(values: NDArray[np.float64]) -> Image.Image:
 def _check_pixels(width: int, height: int, limits: InputLimits) -> None:
     if width * height > limits.max_pixels:
         raise TooManyPixels(
-            f"the image is {width}x{height} ({width * height} pixels);"
+            f"the image has too many pixels: {width}x{height} ({width * height} pixels);"
             f" the limit is {limits.max_pixels} pixels"
         )
