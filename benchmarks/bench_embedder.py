@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import requests
+from machine import free_port, machine
 
 from medsearch_embedder.model import load_embedder
 from medsearch_embedder.preprocessing import InputLimits, prepare
@@ -55,7 +54,7 @@ def main() -> None:
     files = [path.read_bytes() for path in paths]
     inputs = np.stack([prepare(data, InputLimits(10**9, 10**9)) for data in files])
 
-    port = _free_port()
+    port = free_port()
     log_path = REPO_ROOT / "bench-results" / "embedder-service.log.tmp"
     log_path.parent.mkdir(exist_ok=True)
     env = {**os.environ, "MEDSEARCH_PORT": str(port), "MEDSEARCH_EMBEDDER_WEIGHTS": "random:42"}
@@ -203,30 +202,10 @@ def _peak_rss_mb(pid: int) -> int:
     return -1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _machine() -> dict[str, Any]:
     import tensorflow as tf
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "platform": platform.platform(),
-    }
+    return machine(tensorflow=tf.__version__)
 
 
 if __name__ == "__main__":

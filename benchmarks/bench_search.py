@@ -19,7 +19,6 @@ import csv
 import gzip
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import requests
+from machine import free_port, machine
 from numpy.typing import NDArray
 from pymilvus import MilvusClient
 
@@ -80,7 +80,7 @@ def main() -> None:
     report = {
         "benchmark": "search",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": versions(),
         "rows": len(attributes),
         "dim": DIM,
         "filter": FILTER,
@@ -350,29 +350,10 @@ def wait_for_port(port: int) -> None:
     raise SystemExit(f"bench-search: nothing listens on {port}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def machine() -> dict[str, Any]:
+def versions() -> dict[str, Any]:
     import pymilvus
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "pymilvus": pymilvus.__version__,
-    }
+    return machine(pymilvus=pymilvus.__version__)
 
 
 if __name__ == "__main__":
