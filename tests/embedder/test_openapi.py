@@ -36,6 +36,7 @@ OPENAPI = OpenApiDocument("medsearch_embedder")
 DOCUMENT = OPENAPI.document
 check = OPENAPI.check
 schema_errors = OPENAPI.schema_errors
+assert_plain_problem = OPENAPI.plain_problem
 
 PROBLEM = "urn:medsearch:problem:"
 EMBEDDINGS = "/v1/embeddings"
@@ -45,16 +46,6 @@ NIH_RGBA = "nih_cxr14/images/00000100_000.png"
 HANNOVER = "covid_hannover/images/006f3a8a.png"
 # How long a failed model load may take to show in /readyz before the test gives up (a hang guard).
 LOAD_FAILURE_TIMEOUT_S = 120.0
-
-
-def assert_plain_problem(response: TestResponse) -> dict[str, Any]:
-    """For the answers the document states in words only (an unknown path, a method a path lacks)."""
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.json  # type: ignore[assignment]
-    errors = schema_errors("/components/schemas/Problem", body)
-    assert not errors, errors
-    assert body["status"] == response.status_code and body["type"] == "about:blank"
-    return body
 
 
 @pytest.fixture(scope="module")

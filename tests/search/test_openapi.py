@@ -34,6 +34,7 @@ OPENAPI = OpenApiDocument("medsearch_search")
 DOCUMENT = OPENAPI.document
 check = OPENAPI.check
 schema_errors = OPENAPI.schema_errors
+assert_plain_problem = OPENAPI.plain_problem
 
 PROBLEM = "urn:medsearch:problem:"
 
@@ -65,16 +66,6 @@ ITEMS: list[dict[str, Any]] = [
 NO_REAL_500 = {("/v1/openapi.json", "get", "500"), ("/healthz", "get", "500"), ("/metrics", "get", "500")}
 
 T = TypeVar("T")
-
-
-def assert_plain_problem(response: TestResponse) -> dict[str, Any]:
-    """For the answers the document states in words only (an unknown path, a method a path lacks)."""
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.json  # type: ignore[assignment]
-    errors = schema_errors("/components/schemas/Problem", body)
-    assert not errors, errors
-    assert body["status"] == response.status_code and body["type"] == "about:blank"
-    return body
 
 
 class FailingStore(MilvusStore):

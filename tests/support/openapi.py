@@ -84,3 +84,12 @@ class OpenApiDocument:
         if mimetype == "application/problem+json":
             assert body["status"] == response.status_code  # type: ignore[index]
         return body
+
+    def plain_problem(self, response: TestResponse) -> dict[str, Any]:
+        """For the answers the document states in words only (an unknown path, a method a path lacks)."""
+        assert response.mimetype == "application/problem+json"
+        body: dict[str, Any] = response.json  # type: ignore[assignment]
+        errors = self.schema_errors("/components/schemas/Problem", body)
+        assert not errors, errors
+        assert body["status"] == response.status_code and body["type"] == "about:blank"
+        return body
