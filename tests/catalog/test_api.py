@@ -188,6 +188,75 @@ def test_index_state_per_model_and_pending_listing(catalog: FlaskClient) -> None
     assert ids_of(catalog.get("/v1/models/resnet50-random-42/pending?include_failed=1")) == [c]
 
 
+def stats_of(client: FlaskClient, **params: Any) -> dict[str, Any]:
+    response = client.get("/v1/stats", query_string=params)
+    assert response.status_code == 200, response.json
+    assert response.json is not None
+    return response.json
+
+
+def test_stats_of_an_empty_catalog_are_zero(catalog: FlaskClient) -> None:
+    assert stats_of(catalog) == {"images": 0, "datasets": {}, "models": {}}
+
+
+def test_stats_count_images_per_dataset_and_per_index_state(catalog: FlaskClient) -> None:
+    a, b, c, d = (add(catalog, seed, dataset="nih")["id"] for seed in (20, 21, 22, 23))
+    e = add(catalog, 24, dataset="hmh")["id"]
+    catalog.put(f"/v1/images/{a}/index-state/m1", json={"state": "indexed"})
+    catalog.put(f"/v1/images/{b}/index-state/m1", json={"state": "failed", "reason": "embedder down"})
+    catalog.put(f"/v1/images/{c}/index-state/m1", json={"state": "pending"})
+    catalog.put(f"/v1/images/{e}/index-state/m2", json={"state": "indexed"})
+
+    stats = stats_of(catalog)
+    assert stats == {
+        "images": 5,
+        "datasets": {"hmh": 1, "nih": 4},
+        "models": {
+            # m1: c is pending, d and e have no row for it: pending too.
+            "m1": {"indexed": 1, "pending": 3, "failed": 1},
+            "m2": {"indexed": 1, "pending": 4, "failed": 0},
+        },
+    }
+    assert len(ids_of(catalog.get("/v1/models/m1/pending"))) == stats["models"]["m1"]["pending"]
+
+    catalog.delete(f"/v1/images/{a}")
+    assert stats_of(catalog)["models"]["m1"] == {"indexed": 0, "pending": 3, "failed": 1}
+    assert stats_of(catalog)["datasets"] == {"hmh": 1, "nih": 3}
+    assert ids_of(catalog.get("/v1/models/m1/pending")) == [c, d, e]
+
+
+def test_stats_for_a_model_with_no_state_yet_count_every_image_pending(catalog: FlaskClient) -> None:
+    a = add(catalog, 30, dataset="nih")["id"]
+    add(catalog, 31, dataset="hmh")
+    catalog.put(f"/v1/images/{a}/index-state/m1", json={"state": "indexed"})
+
+    stats = stats_of(catalog, model_id="new-model")
+    assert stats["models"] == {
+        "m1": {"indexed": 1, "pending": 1, "failed": 0},
+        "new-model": {"indexed": 0, "pending": 2, "failed": 0},
+    }
+    assert stats_of(catalog, model_id="m1") == stats_of(catalog)
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"model_id": "-bad"}, "a model ID is"),
+        ({"model_id": ""}, "a model ID is"),
+        ({"model_id": "m" * 129}, "a model ID is"),
+        ({"dataset": "nih"}, "unknown parameter(s): dataset"),
+    ],
+)
+def test_stats_refuse_a_bad_model_id_or_unknown_parameter(
+    catalog: FlaskClient, params: dict[str, str], words: str
+) -> None:
+    response = catalog.get("/v1/stats", query_string=params)
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    assert response.json["type"] == "urn:medsearch:problem:malformed-request"
+    assert words in response.json["detail"]
+
+
 def test_openapi_document_is_served_and_valid(catalog: FlaskClient) -> None:
     from openapi_spec_validator import validate
 

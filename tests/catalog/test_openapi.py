@@ -123,9 +123,13 @@ def test_patch_index_state_pending_and_delete(catalog: FlaskClient) -> None:
     listed = catalog.get("/v1/images", query_string={"model_id": "m-2", "index_state": ["indexed", "failed"]})
     assert len(check(listed, "/v1/images", "get")["items"]) == 1
 
+    stats = check(catalog.get("/v1/stats", query_string={"model_id": "m-3"}), "/v1/stats", "get")
+    assert stats["images"] == 1 and set(stats["models"]) == {"m-1", "m-2", "m-3"}
+
     deleted = catalog.delete(f"/v1/images/{image_id}")
     assert deleted.status_code == 204
     check(deleted, "/v1/images/{image_id}", "delete")
+    assert check(catalog.get("/v1/stats"), "/v1/stats", "get") == {"images": 0, "datasets": {}, "models": {}}
 
 
 @pytest.mark.parametrize(
@@ -155,6 +159,8 @@ def test_problems(catalog: FlaskClient, database_url: str) -> None:
         (catalog.get("/v1/images", query_string={"ids": "1", "limit": 2}), 400, "/v1/images", "get"),
         (catalog.get("/v1/images", query_string={"cursor": "nope"}), 400, "/v1/images", "get"),
         (catalog.get("/v1/models/-bad/pending"), 400, "/v1/models/{model_id}/pending", "get"),
+        (catalog.get("/v1/stats", query_string={"model_id": "-bad"}), 400, "/v1/stats", "get"),
+        (catalog.get("/v1/stats", query_string={"colour": "red"}), 400, "/v1/stats", "get"),
         (upload(catalog, png(1), "{not json"), 400, "/v1/images", "post"),
         (upload(catalog, b"just some text"), 415, "/v1/images", "post"),
         (upload(catalog, b"GIF89a" + bytes(40)), 415, "/v1/images", "post"),

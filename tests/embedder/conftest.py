@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,26 @@ def make_embedder_app(embedder: Embedder) -> Iterator[Callable[..., Flask]]:
 
 
 @pytest.fixture
+def make_app_without_model(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    """An app whose model never loads (its weights file does not exist), with the given setting changes.
+
+    For what must work without the model: no model is built, so it costs next to nothing.
+    """
+    apps: list[Flask] = []
+
+    def make(**changes: Any) -> Flask:
+        weights = WeightsSpec("file", path=tmp_path / "no-such-weights.h5")
+        app = create_app(embedder_settings(**{"weights": weights, **changes}))
+        app.testing = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["medsearch_embedder"].close()
+
+
+@pytest.fixture
 def client(make_embedder_app: Callable[..., Flask]) -> FlaskClient:
     return make_embedder_app().test_client()
 
@@ -68,6 +89,12 @@ def post_images(client: FlaskClient, images: Sequence[bytes], field: str = "imag
     """POST /v1/embeddings with each of `images` as one file part."""
     files = [(io.BytesIO(data), f"image-{i}") for i, data in enumerate(images)]
     return client.post("/v1/embeddings", data={field: files}, content_type="multipart/form-data")
+
+
+def post_render(client: FlaskClient, files: Sequence[bytes], field: str = "image") -> TestResponse:
+    """POST /v1/render with each of `files` as one file part (one, unless the test wants more)."""
+    parts = [(io.BytesIO(data), f"file-{i}") for i, data in enumerate(files)]
+    return client.post("/v1/render", data={field: parts}, content_type="multipart/form-data")
 
 
 def vectors_of(response: TestResponse) -> dict[int, NDArray[np.float32]]:

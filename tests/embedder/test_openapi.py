@@ -28,7 +28,7 @@ from werkzeug.test import TestResponse
 from medsearch_embedder.app import create_app
 from medsearch_embedder.weights import WeightsSpec
 from tests.conftest import REPO_ROOT
-from tests.embedder.conftest import embedder_settings, post_images
+from tests.embedder.conftest import embedder_settings, post_images, post_render
 from tests.embedder.dicoms import dicom
 from tests.support.openapi import HTTP_METHODS, OpenApiDocument
 
@@ -40,6 +40,7 @@ assert_plain_problem = OPENAPI.plain_problem
 
 PROBLEM = "urn:medsearch:problem:"
 EMBEDDINGS = "/v1/embeddings"
+RENDER = "/v1/render"
 
 NIH_L = "nih_cxr14/images/00000075_000.png"
 NIH_RGBA = "nih_cxr14/images/00000100_000.png"
@@ -85,7 +86,7 @@ def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(
         if rule.endpoint != "static"
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
     }
-    assert {(EMBEDDINGS, "post"), ("/v1/model", "get"), ("/readyz", "get")} <= routes
+    assert {(EMBEDDINGS, "post"), (RENDER, "post"), ("/v1/model", "get"), ("/readyz", "get")} <= routes
     documented = {
         (path, method)
         for path, item in DOCUMENT["paths"].items()
@@ -213,6 +214,57 @@ def test_each_refusal_of_embeddings_is_a_documented_problem(
     assert response.status_code == status, response.get_data(as_text=True)
     problem = check(response, EMBEDDINGS, "post")
     assert problem["type"] == (PROBLEM + slug if slug else "about:blank")
+
+
+RENDER_CASES: list[tuple[str, dict[str, Any], Send, int, str]] = [
+    ("a PNG", {}, lambda c, x: post_render(c, [x[2]]), 200, ""),
+    (
+        "no file",
+        {},
+        lambda c, x: c.post(RENDER, data={"note": "x"}, content_type="multipart/form-data"),
+        400,
+        "malformed-request",
+    ),
+    ("two files", {}, lambda c, x: post_render(c, [x[2], x[2]]), 400, "malformed-request"),
+    # Past the 1 MiB allowed for the multipart framing, too.
+    ("request too large", {"max_request_bytes": 1024}, lambda c, x: post_render(c, [x[1] * 3]), 413, ""),
+    (
+        "image too large",
+        {"max_image_bytes": 1024},
+        lambda c, x: post_render(c, [x[2]]),
+        413,
+        "upload-too-large",
+    ),
+    ("not an image", {}, lambda c, x: post_render(c, [b"GIF89a" + bytes(40)]), 415, "not-an-image"),
+    ("truncated", {}, lambda c, x: post_render(c, [x[2][:300]]), 422, "image-rejected"),
+    (
+        "too many pixels",
+        {"max_image_pixels": 1024},
+        lambda c, x: post_render(c, [x[2]]),
+        422,
+        "too-many-pixels",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "send", "status", "slug"),
+    [case[1:] for case in RENDER_CASES],
+    ids=[case[0] for case in RENDER_CASES],
+)
+def test_each_answer_of_render_is_documented(
+    make_app_without_model: Callable[..., Flask],
+    xrays: list[bytes],
+    settings: dict[str, Any],
+    send: Send,
+    status: int,
+    slug: str,
+) -> None:
+    response = send(make_app_without_model(**settings).test_client(), xrays)
+    assert response.status_code == status, response.mimetype
+    body = check(response, RENDER, "post")
+    if status != 200:
+        assert body["type"] == (PROBLEM + slug if slug else "about:blank")
 
 
 def test_unknown_path_and_wrong_method_are_the_problems_the_document_states(client: FlaskClient) -> None:

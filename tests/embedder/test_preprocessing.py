@@ -20,7 +20,7 @@ from medsearch_embedder.errors import (
     UnsupportedImage,
     UploadTooLarge,
 )
-from medsearch_embedder.preprocessing import INPUT_SIZE, InputLimits, prepare, read_grayscale
+from medsearch_embedder.preprocessing import INPUT_SIZE, InputLimits, prepare, read_grayscale, render_png
 from tests.embedder.dicoms import dicom
 
 LIMITS = InputLimits(max_bytes=50 * 1024 * 1024, max_pixels=64_000_000)
@@ -139,3 +139,10 @@ def test_limits_on_bytes_and_pixels(nih_png: bytes, nih_gray: NDArray[np.uint8])
         prepare(nih_png, InputLimits(max_bytes=50 << 20, max_pixels=1_000_000))
     with pytest.raises(TooManyPixels, match="1024x1024"):
         prepare(dicom(nih_gray), InputLimits(max_bytes=50 << 20, max_pixels=1_000_000))
+
+
+def test_render_png_scales_the_long_side_down_to_max_side_and_never_up(test_data: Path) -> None:
+    data = (test_data / "covid_hannover/images/006f3a8a.png").read_bytes()  # 640x599
+    for max_side, size in [(320, (320, round(599 / 2))), (640, (640, 599)), (2048, (640, 599))]:
+        with Image.open(io.BytesIO(render_png(data, LIMITS, max_side))) as image:
+            assert (image.format, image.mode, image.size) == ("PNG", "L", size), max_side

@@ -25,6 +25,7 @@ from medsearch_catalog.metadata import (
 )
 from medsearch_catalog.repository import (
     INDEX_STATES,
+    CatalogStats,
     ImageFilter,
     ImageRecord,
     ImageRepository,
@@ -102,6 +103,15 @@ def list_pending(model_id: str) -> Response:
     _refuse_unknown_params({"limit", "cursor", "include_failed"})
     states = ("pending", "failed") if _flag("include_failed") else ("pending",)
     return _page(ImageFilter(model_id=parse_model_id(model_id), index_state=states))
+
+
+@blueprint.get("/stats")
+def get_stats() -> Response:
+    """Counts of images, per dataset and per indexing state; `model_id` adds a model with no state yet."""
+    _refuse_unknown_params({"model_id"})
+    model_id = request.args.get("model_id")
+    stats = _context().repository.stats(parse_model_id(model_id) if model_id is not None else None)
+    return jsonify(stats_json(stats))
 
 
 @blueprint.get("/images/<image_id>/file")
@@ -327,6 +337,17 @@ def image_json(record: ImageRecord) -> dict[str, Any]:
         "updated_at": record.updated_at.isoformat(),
         "metadata": record.metadata.to_json(),
         "index_states": {model: index_state_json(s) for model, s in record.index_states.items()},
+    }
+
+
+def stats_json(stats: CatalogStats) -> dict[str, Any]:
+    return {
+        "images": stats.images,
+        "datasets": stats.datasets,
+        "models": {
+            model: {"indexed": c.indexed, "pending": c.pending, "failed": c.failed}
+            for model, c in stats.models.items()
+        },
     }
 
 

@@ -55,6 +55,22 @@ class StoredFile:
 
 
 @dataclass(frozen=True)
+class IndexCounts:
+    """Images per indexing state for one model; "pending" includes images never indexed for it."""
+
+    indexed: int
+    pending: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class CatalogStats:
+    images: int
+    datasets: dict[str, int]
+    models: dict[str, IndexCounts]
+
+
+@dataclass(frozen=True)
 class ImageFilter:
     """Which images a listing returns; each tuple matches any of its values, fields combine with AND.
 
@@ -247,6 +263,39 @@ class ImageRepository:
             ).fetchone()
         assert row is not None
         return IndexState(row["state"], row["reason"], row["updated_at"])
+
+    def stats(self, model_id: str | None = None) -> CatalogStats:
+        """Images in all, per dataset, and per state for each model with a state (and `model_id`)."""
+        with self._ready_transaction() as conn:
+            # One snapshot for every count, so that they add up while images come and go.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            datasets = {
+                row["dataset"]: row["n"]
+                for row in conn.execute(
+                    "SELECT dataset, count(*) AS n FROM images GROUP BY dataset ORDER BY dataset"
+                )
+            }
+            states = conn.execute(
+                "SELECT model_id, state, count(*) AS n FROM index_states"
+                " GROUP BY model_id, state ORDER BY model_id"
+            ).fetchall()
+        total = sum(datasets.values())  # dataset is NOT NULL: every image has one
+        by_model: dict[str, dict[str, int]] = {} if model_id is None else {model_id: {}}
+        for row in states:
+            by_model.setdefault(row["model_id"], {})[row["state"]] = row["n"]
+        # No row for a model means never indexed with it: pending, as in the pending listing.
+        return CatalogStats(
+            images=total,
+            datasets=datasets,
+            models={
+                model: IndexCounts(
+                    indexed=counts.get("indexed", 0),
+                    pending=total - counts.get("indexed", 0) - counts.get("failed", 0),
+                    failed=counts.get("failed", 0),
+                )
+                for model, counts in sorted(by_model.items())
+            },
+        )
 
     def get_file(self, image_id: int, *, thumbnail: bool) -> StoredFile:
         query = _SELECT_THUMBNAIL if thumbnail else _SELECT_ORIGINAL

@@ -49,6 +49,15 @@ def create_embeddings() -> Response:
     )
 
 
+@blueprint.post("/render")
+def render() -> Response:
+    """The image decoded as the model reads it, as a PNG: how the gateway shows a DICOM query."""
+    uploads = _files("image")
+    if len(uploads) > 1:
+        raise MalformedRequest(f"send exactly one file in the multipart field 'image' (got {len(uploads)})")
+    return Response(_service().render(uploads[0].read()), mimetype="image/png")
+
+
 @blueprint.get("/model")
 def get_model() -> Response:
     return jsonify(_service().model_info().to_json())
@@ -62,23 +71,29 @@ def openapi() -> Response:
 
 def _uploads() -> list[FileStorage]:
     limit = _service().settings.max_images_per_request
-    if request.mimetype != "multipart/form-data":
-        raise MalformedRequest(
-            "send the images as multipart/form-data, one file per part in the field 'images'"
-            + (f" (got {request.mimetype})" if request.mimetype else "")
-        )
-    others = sorted(name for name in request.files if name != "images")
-    if others:
-        raise MalformedRequest(
-            f"unexpected file field {', '.join(map(repr, others))}: send images in 'images'"
-        )
-    if "images" in request.form:
-        raise MalformedRequest("the field 'images' must hold files, not text")
-    uploads = request.files.getlist("images")
-    if not uploads:
-        raise MalformedRequest("no file in the multipart field 'images'")
+    uploads = _files("images")
     if len(uploads) > limit:
         raise TooManyImages(f"{len(uploads)} images in one request; the limit is {limit}")
+    return uploads
+
+
+def _files(field: str) -> list[FileStorage]:
+    """The files of the multipart field `field`, at least one; files elsewhere are refused, not ignored."""
+    if request.mimetype != "multipart/form-data":
+        raise MalformedRequest(
+            f"send the {field} as multipart/form-data, one file per part in the field '{field}'"
+            + (f" (got {request.mimetype})" if request.mimetype else "")
+        )
+    others = sorted(name for name in request.files if name != field)
+    if others:
+        raise MalformedRequest(
+            f"unexpected file field {', '.join(map(repr, others))}: send {field} in '{field}'"
+        )
+    if field in request.form:
+        raise MalformedRequest(f"the field '{field}' must hold files, not text")
+    uploads = request.files.getlist(field)
+    if not uploads:
+        raise MalformedRequest(f"no file in the multipart field '{field}'")
     return uploads
 
 

@@ -32,6 +32,8 @@ from medsearch_embedder.errors import (
 Image.MAX_IMAGE_PIXELS = None
 
 INPUT_SIZE = 224
+# Enough for a screen, small enough to send quickly; the NIH images are 1024 px square.
+RENDER_MAX_SIDE = 1024
 # Bump when anything below changes the pixels the model sees: it is part of the model_id.
 PREPROCESSING_VERSION = "p1"
 
@@ -62,6 +64,21 @@ def read_grayscale(data: bytes, limits: InputLimits, *, hint_size: int = INPUT_S
     raise NotAnImage(
         "the file is not an image this service reads: PNG, JPEG or DICOM (with its DICM preamble)"
     )
+
+
+def render_png(data: bytes, limits: InputLimits, max_side: int = RENDER_MAX_SIDE) -> bytes:
+    """The upload as `read_grayscale` sees it, as an 8-bit grayscale PNG with no side over `max_side`.
+
+    For people to see what the model sees, a DICOM above all, which browsers cannot show.
+    """
+    image = read_grayscale(data, limits, hint_size=max_side)
+    scale = max_side / max(image.width, image.height)
+    if scale < 1:  # never up: that would only blur
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def letterbox(image: Image.Image, size: int) -> NDArray[np.uint8]:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from medsearch_embedder.batching import DynamicBatcher
 from medsearch_embedder.errors import BlankImage, ImageRejected, ModelNotReady, Overloaded
-from medsearch_embedder.preprocessing import InputLimits, prepare
+from medsearch_embedder.preprocessing import InputLimits, prepare, render_png
 from medsearch_embedder.settings import EmbedderSettings
 from medsearch_embedder.weights import locate_weights
 
@@ -115,6 +115,10 @@ class EmbeddingService:
                 "rejected" if isinstance(outcome, ImageRejected) else "embedded"
             ).inc()
         return outcomes  # type: ignore[return-value]
+
+    def render(self, data: bytes) -> bytes:
+        """The upload as the model reads it, as a PNG to look at; needs no model, so works while it loads."""
+        return render_png(data, self._limits)
 
     def close(self) -> None:
         if self._batcher is not None:
