@@ -108,11 +108,11 @@ def run_backend(
     exact: list[set[int]],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    index = "HNSW"  # the service's choice on both engines (FLAT on Lite: 2.2 s per query at 112k)
-    settings = SearchSettings(Binding("127.0.0.1", 0), milvus_uri=uri, index=index, milvus_timeout_s=600)
+    settings = SearchSettings(Binding("127.0.0.1", 0), milvus_uri=uri, milvus_timeout_s=600)
     store = MilvusStore(settings)
     started = time.perf_counter()
     collection = store.ensure_collection(MODEL_ID, DIM)
+    index = collection.index  # the service's own choice for this engine
     expression = store.expression(parse_filter(FILTER))  # what the service sends this engine
     for start in range(0, len(vectors), 2000):
         end = min(start + 2000, len(vectors))
@@ -128,7 +128,7 @@ def run_backend(
     print(f"bench-search: {backend}: flushed and indexed ({index}) in {index_s:.0f} s", flush=True)
     store.close()
 
-    with search_service(uri, index) as base:
+    with search_service(uri) as base:
         session = requests.Session()
         params: dict[str, Any] = {"metric_type": "COSINE"}
         if index == "HNSW":
@@ -307,13 +307,12 @@ def milvus(backend: str) -> Iterator[str]:
 
 
 @contextmanager
-def search_service(uri: str, index: str) -> Iterator[str]:
+def search_service(uri: str) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
         "MEDSEARCH_PORT": str(port),
         "MEDSEARCH_MILVUS_URI": uri,
-        "MEDSEARCH_SEARCH_INDEX": index,
         "MEDSEARCH_SEARCH_MILVUS_TIMEOUT_S": "600",  # exact search over 112k rows, 100 queries at once
     }
     process = subprocess.Popen(
