@@ -86,8 +86,15 @@ class SearchService:
             self.store.delete(collection, vector_id)
 
     def search(self, model_id: str, body: Any) -> list[list[Hit]]:
+        # The request first: a bad filter is a 400 even for a model with nothing stored yet.
+        check_model_id(model_id)
+        request = self.parse_search(body, None)
         collection = self._collection(model_id)
-        request = self.parse_search(body, collection.dim)
+        dim = request.vectors.shape[1]
+        if dim != collection.dim:
+            raise InvalidVector(
+                f"vectors: dimension {dim}, but this model's vectors have dimension {collection.dim}"
+            )
         return self.store.search(
             collection,
             request.vectors,
@@ -97,7 +104,7 @@ class SearchService:
             strong=request.strong,
         )
 
-    def parse_search(self, body: Any, dim: int) -> SearchRequest:
+    def parse_search(self, body: Any, dim: int | None) -> SearchRequest:
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object with vectors, k and filter")
         known = ("vectors", "k", "filter", "one_per_patient", "consistency")
