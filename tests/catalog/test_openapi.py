@@ -8,7 +8,6 @@ field added, renamed or dropped in the code without the document fails here.
 from __future__ import annotations
 
 import io
-import re
 import secrets
 from typing import Any
 
@@ -20,7 +19,7 @@ from PIL import Image
 from werkzeug.test import TestResponse
 
 from tests.catalog.conftest import png, row_counts, upload
-from tests.support.openapi import HTTP_METHODS, OpenApiDocument
+from tests.support.openapi import OpenApiDocument, app_routes
 
 OPENAPI = OpenApiDocument("medsearch_catalog")
 DOCUMENT = OPENAPI.document
@@ -49,19 +48,9 @@ def test_the_served_document_is_the_file(catalog: FlaskClient) -> None:
 
 
 def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(catalog_app: Flask) -> None:
-    routes = {
-        (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
-        for rule in catalog_app.url_map.iter_rules()
-        if rule.endpoint != "static"
-        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
-    }
+    routes = app_routes(catalog_app)
     assert {path for path, _ in routes if path.startswith("/v1/")} >= {"/v1/images", "/v1/images/{image_id}"}
-    documented = {
-        (path, method)
-        for path, item in DOCUMENT["paths"].items()
-        for method in item
-        if method in HTTP_METHODS
-    }
+    documented = OPENAPI.operations()
     assert routes - documented == set(), "routes missing from openapi.json"
     assert documented - routes == set(), "openapi.json documents routes the app does not have"
 

@@ -9,7 +9,6 @@ without the document fails here.
 from __future__ import annotations
 
 import io
-import re
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from medsearch_embedder.weights import WeightsSpec
 from tests.conftest import REPO_ROOT
 from tests.embedder.conftest import embedder_settings, post_images, post_render
 from tests.embedder.dicoms import dicom
-from tests.support.openapi import HTTP_METHODS, OpenApiDocument
+from tests.support.openapi import OpenApiDocument, app_routes
 
 OPENAPI = OpenApiDocument("medsearch_embedder")
 DOCUMENT = OPENAPI.document
@@ -80,19 +79,9 @@ def test_the_served_document_is_the_file(client: FlaskClient) -> None:
 
 def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(client: FlaskClient) -> None:
     app = client.application
-    routes = {
-        (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
-        for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
-        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
-    }
+    routes = app_routes(app)
     assert {(EMBEDDINGS, "post"), (RENDER, "post"), ("/v1/model", "get"), ("/readyz", "get")} <= routes
-    documented = {
-        (path, method)
-        for path, item in DOCUMENT["paths"].items()
-        for method in item
-        if method in HTTP_METHODS
-    }
+    documented = OPENAPI.operations()
     assert routes - documented == set(), "routes missing from openapi.json"
     assert documented - routes == set(), "openapi.json documents routes the app does not have"
 

@@ -10,7 +10,6 @@ the document lists, and a test holds the table and the document to each other.
 from __future__ import annotations
 
 import dataclasses
-import re
 import socket
 import tomllib
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from medsearch_search.service import SearchService
 from medsearch_search.store import MilvusStore
 from tests.conftest import REPO_ROOT
 from tests.search.conftest import new_model_id, search_settings, unit_vectors, upsert
-from tests.support.openapi import HTTP_METHODS, OpenApiDocument
+from tests.support.openapi import HTTP_METHODS, OpenApiDocument, app_routes
 
 OPENAPI = OpenApiDocument("medsearch_search")
 DOCUMENT = OPENAPI.document
@@ -142,19 +141,9 @@ def test_the_served_document_is_the_file(search: FlaskClient) -> None:
 
 def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(search: FlaskClient) -> None:
     app = search.application
-    routes = {
-        (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
-        for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
-        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
-    }
+    routes = app_routes(app)
     assert {(VECTORS, "put"), (SEARCH, "post"), ("/readyz", "get")} <= routes
-    documented = {
-        (path, method)
-        for path, item in DOCUMENT["paths"].items()
-        for method in item
-        if method in HTTP_METHODS
-    }
+    documented = OPENAPI.operations()
     assert routes - documented == set(), "routes missing from openapi.json"
     assert documented - routes == set(), "openapi.json documents routes the app does not have"
 

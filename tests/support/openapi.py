@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any
 
+from flask import Flask
 from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
@@ -17,6 +19,16 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 def pointer(*parts: str) -> str:
     """A JSON pointer (RFC 6901) to the given keys."""
     return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def app_routes(app: Flask, *, skip_endpoint_prefix: str = "static") -> set[tuple[str, str]]:
+    """Every (path, method) the app serves, paths in OpenAPI's `{name}` syntax."""
+    return {
+        (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if not rule.endpoint.startswith(skip_endpoint_prefix)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
 
 
 class OpenApiDocument:
@@ -31,6 +43,15 @@ class OpenApiDocument:
         self.registry: Registry = Registry().with_resource(
             self.uri, DRAFT202012.create_resource(self.document)
         )
+
+    def operations(self) -> set[tuple[str, str]]:
+        """Every (path, method) the document describes."""
+        return {
+            (path, method)
+            for path, item in self.document["paths"].items()
+            for method in item
+            if method in HTTP_METHODS
+        }
 
     def resolved(self, node: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
         """`node` (found at the pointer `where`) with its `$ref` followed, and where it really is."""

@@ -21,6 +21,9 @@ class CuttableProxy:
         self._lock = threading.Lock()
 
     def restore(self) -> None:
+        """Listen again; nothing to do when it already does."""
+        if self._listener is not None:
+            return
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,11 @@ class UpstreamError(Exception):
     def __init__(self, service: str, detail: str) -> None:
         super().__init__(detail)
         self.service = service
+
+    @property
+    def problem_extensions(self) -> dict[str, str]:
+        """Named in the problem+json answer, so a caller sees which dependency failed."""
+        return {"dependency": self.service}
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -93,7 +98,7 @@ class ServiceClient:
         method: str,
         path: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, str]] | None = None,
         json: Any = None,
         data: Mapping[str, Any] | None = None,
         files: Any = None,
@@ -162,7 +167,9 @@ class ServiceClient:
         assert error is not None
         raise error
 
-    def get_json(self, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
+    def get_json(
+        self, path: str, *, params: Mapping[str, Any] | Sequence[tuple[str, str]] | None = None
+    ) -> Any:
         return self.request("GET", path, params=params).json()
 
     def close(self) -> None:

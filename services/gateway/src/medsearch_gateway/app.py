@@ -1,0 +1,57 @@
+"""The gateway's Flask app: the public API under /api/v1 and the web UI at /."""
+
+from __future__ import annotations
+
+import atexit
+from importlib import resources
+
+from flask import Blueprint, Flask, Response
+
+from medsearch_common.httpapp import create_service_app
+from medsearch_gateway.api import GATEWAY_EXTENSION, blueprint
+from medsearch_gateway.errors import ERROR_STATUSES
+from medsearch_gateway.orchestration import Gateway
+from medsearch_gateway.settings import GatewaySettings
+
+# No inline script or style anywhere: metadata that slipped into the page as markup
+# still could not run. Images may be blob: URLs (the query's preview).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+# Room for the multipart framing and the metadata field around the image.
+_FORM_OVERHEAD_BYTES = 1024 * 1024
+
+ui = Blueprint("ui", __name__, static_folder="static", static_url_path="/static")
+
+
+@ui.get("/")
+def index() -> Response:
+    page = (resources.files("medsearch_gateway") / "static" / "index.html").read_bytes()
+    response = Response(page, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def create_app(settings: GatewaySettings) -> Flask:
+    gateway = Gateway(settings)
+    app = create_service_app(
+        "gateway",
+        readiness=gateway.readiness,
+        error_statuses=ERROR_STATUSES,
+        max_content_length=settings.max_upload_bytes + _FORM_OVERHEAD_BYTES,
+    )
+    app.config["MAX_FORM_MEMORY_SIZE"] = _FORM_OVERHEAD_BYTES
+    app.extensions[GATEWAY_EXTENSION] = gateway
+    app.register_blueprint(blueprint)
+    app.register_blueprint(ui)
+
+    @app.after_request
+    def secure_headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    atexit.register(gateway.close)
+    return app

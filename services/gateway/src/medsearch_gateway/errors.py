@@ -1,0 +1,67 @@
+"""What can go wrong in the gateway, and the HTTP status of each.
+
+Upstream failures (a service down, slow or broken) come from libs/common's client and map
+to 503/504/502 there, naming the dependency.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InvalidRequest(Exception):
+    """The request is malformed: a missing part, a bad parameter, bad filter JSON (400)."""
+
+
+class UploadTooLarge(Exception):
+    """More bytes than the configured limit (413)."""
+
+
+class UnsupportedUpload(Exception):
+    """The file is not an image the gateway takes for this action (415)."""
+
+
+class ImageRejected(Exception):
+    """An image the services could not use: corrupt, too many pixels, bad metadata (422)."""
+
+
+class StoredButRejected(ImageRejected):
+    """The catalog stored the image but the model cannot read it; it is marked failed (422)."""
+
+    def __init__(self, detail: str, *, image_id: int) -> None:
+        super().__init__(detail)
+        self.problem_extensions: dict[str, Any] = {"image_id": image_id, "index_state": "failed"}
+
+
+class ImageNotFound(Exception):
+    """No image has that ID (404)."""
+
+
+class NotIndexed(Exception):
+    """The image exists but has no vector for the active model yet (409)."""
+
+
+class IngestIncomplete(Exception):
+    """The image is stored but not indexed: a service failed after the catalog step (503).
+
+    The problem names the image and its state, and a retry of the same upload completes it.
+    """
+
+    def __init__(self, detail: str, *, image_id: int, dependency: str) -> None:
+        super().__init__(detail)
+        self.problem_extensions: dict[str, Any] = {
+            "image_id": image_id,
+            "index_state": "pending",
+            "dependency": dependency,
+        }
+
+
+ERROR_STATUSES: dict[type[Exception], int] = {
+    InvalidRequest: 400,
+    UploadTooLarge: 413,
+    UnsupportedUpload: 415,
+    ImageRejected: 422,
+    ImageNotFound: 404,
+    NotIndexed: 409,
+    IngestIncomplete: 503,
+}

@@ -1,0 +1,685 @@
+// MedSearch browser UI: search by example image, browse an image, add images (no framework).
+//
+// Security: every string from the API or from a file name is untrusted. The DOM is built with
+// createElement, textContent and append() (which turns strings into text nodes), never with
+// innerHTML or its relatives, so metadata such as `<img src=x onerror=...>` shows as text.
+"use strict";
+
+const API = "/api/v1";
+const DEFAULT_K = 10;
+const INDEX_STATES = ["indexed", "pending", "failed"];
+const SEX_NAMES = { M: "male", F: "female", O: "other" };
+
+const ui = {
+  stats: byId("stats"),
+  modelWarning: byId("model-warning"),
+  modelWarningText: byId("model-warning-text"),
+  error: byId("error"),
+  status: byId("status"),
+  navLinks: document.querySelectorAll(".site-nav a[data-view]"),
+  views: { search: byId("view-search"), image: byId("view-image"), add: byId("view-add") },
+  viewTitles: { search: byId("search-title"), image: byId("image-title"), add: byId("add-title") },
+  searchForm: byId("search-form"),
+  queryFile: byId("query-file"),
+  dropZone: byId("drop-zone"),
+  queryPreview: byId("query-preview"),
+  queryPreviewImage: byId("query-preview-image"),
+  queryName: byId("query-name"),
+  k: byId("k"),
+  onePerPatient: byId("one-per-patient"),
+  filterDataset: byId("filter-dataset"),
+  filterSex: byId("filter-sex"),
+  filterAgeMin: byId("filter-age-min"),
+  filterAgeMax: byId("filter-age-max"),
+  filterView: byId("filter-view"),
+  filterFindingsAny: byId("filter-findings-any"),
+  filterFindingsNone: byId("filter-findings-none"),
+  searchButton: byId("search-button"),
+  imageTitle: byId("image-title"),
+  imageDetail: byId("image-detail"),
+  fullImage: byId("full-image"),
+  metadata: byId("metadata"),
+  moreLikeThis: byId("more-like-this"),
+  indexHint: byId("index-hint"),
+  addForm: byId("add-form"),
+  addFile: byId("add-file"),
+  addDataset: byId("add-dataset"),
+  addExternalId: byId("add-external-id"),
+  addPatientId: byId("add-patient-id"),
+  addStudy: byId("add-study"),
+  addAge: byId("add-age"),
+  addSex: byId("add-sex"),
+  addViewPosition: byId("add-view-position"),
+  addFindings: byId("add-findings"),
+  addButton: byId("add-button"),
+  addResult: byId("add-result"),
+  resultsSection: byId("results-section"),
+  resultsTitle: byId("results-title"),
+  resultsSummary: byId("results-summary"),
+  results: byId("results"),
+};
+
+const state = {
+  stats: null, // last GET /stats answer; decides the empty-results message
+  queryFile: null, // the chosen query image (picker or drop)
+  previewUrl: null, // blob URL of the query preview, revoked when replaced
+  search: null, // {title, results} of the last search, shown again when returning to #/
+  similar: null, // {imageId, title, results} of the last "More like this"
+  tasks: [], // status messages of requests in flight, newest last
+  routed: false, // the first route keeps the focus where the browser put it
+};
+
+/** A failure the user can act on; `message` is already readable. */
+class UserError extends Error {
+  constructor(message, status = 0, problem = null) {
+    super(message);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+function byId(id) {
+  return document.getElementById(id);
+}
+
+/** A new element; strings among `children` become text nodes, never markup. */
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  node.append(...children);
+  return node;
+}
+
+// ---- talking to the gateway ----
+
+/** fetch() that turns network failures and error statuses into readable UserErrors. */
+async function apiFetch(path, init = {}) {
+  let response;
+  try {
+    response = await fetch(API + path, init);
+  } catch {
+    throw new UserError("The gateway cannot be reached. Check your connection and that MedSearch is running.");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response;
+}
+
+async function fetchJson(path, init = {}) {
+  return readJson(await apiFetch(path, init));
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch {
+    throw new UserError(`The gateway sent an unreadable answer (HTTP ${response.status}).`, response.status);
+  }
+}
+
+/** The readable error for a failed response: its problem+json `detail`, else the HTTP status. */
+async function errorFrom(response) {
+  const type = response.headers.get("Content-Type") || "";
+  if (type.includes("json")) {
+    try {
+      const problem = await response.json();
+      if (problem && typeof problem === "object") {
+        return new UserError(problemMessage(problem, response.status), response.status, problem);
+      }
+    } catch {
+      // Not JSON after all: fall through to the status line.
+    }
+  }
+  const reason = response.statusText ? ` ${response.statusText}` : "";
+  return new UserError(`The gateway answered HTTP ${response.status}${reason}.`, response.status);
+}
+
+function problemMessage(problem, status) {
+  const detail = typeof problem.detail === "string" && problem.detail ? problem.detail : problem.title || `HTTP ${status}`;
+  if (!problem.dependency) return String(detail);
+  const service = `The ${problem.dependency} service`;
+  if (status === 503) return `${service} is unavailable: ${detail}`;
+  if (status === 504) return `${service} did not answer in time: ${detail}`;
+  return `${service} failed: ${detail}`;
+}
+
+/** Runs `request` with `button` disabled and `message` in the status line; null on failure. */
+async function runRequest(button, message, request, onError = showError) {
+  if (button) button.disabled = true;
+  const finish = startTask(message);
+  try {
+    const payload = await request();
+    clearError();
+    return payload;
+  } catch (error) {
+    onError(error);
+    return null;
+  } finally {
+    finish();
+    if (button) button.disabled = false;
+  }
+}
+
+// ---- status, errors, stats and the model banner ----
+
+function startTask(message) {
+  const task = { message };
+  state.tasks.push(task);
+  renderStatus();
+  return () => {
+    state.tasks = state.tasks.filter((t) => t !== task);
+    renderStatus();
+  };
+}
+
+function renderStatus() {
+  const latest = state.tasks[state.tasks.length - 1];
+  ui.status.textContent = latest ? latest.message : "";
+}
+
+function showError(error) {
+  // Anything but a UserError is a bug in this page; still say something readable.
+  ui.error.textContent = error instanceof UserError ? error.message : `The page failed: ${error.message || error}`;
+}
+
+function clearError() {
+  ui.error.textContent = "";
+}
+
+async function loadStats() {
+  try {
+    state.stats = await fetchJson("/stats");
+    renderStats(state.stats);
+    showModel(state.stats.model);
+  } catch (error) {
+    ui.stats.textContent = "Catalog statistics are unavailable.";
+    showError(error);
+  }
+}
+
+function renderStats(stats) {
+  const index = stats.index || {};
+  const parts = [
+    plural(stats.images, "image"),
+    `${index.indexed ?? 0} indexed, ${index.pending ?? 0} pending` + (index.failed ? `, ${index.failed} failed` : ""),
+    stats.model ? `model ${stats.model.model_id}` : "model unavailable (embedder down)",
+  ];
+  ui.stats.textContent = parts.join(" · ");
+}
+
+/** Shows the banner when the active model's results mean nothing (random weights). */
+function showModel(model) {
+  if (!model) return; // Embedder down: nothing new is known about the model.
+  ui.modelWarning.hidden = model.meaningful !== false;
+  ui.modelWarningText.textContent = model.warning || "This model's results are not medically meaningful.";
+}
+
+function plural(count, word) {
+  return `${count ?? 0} ${word}${count === 1 ? "" : "s"}`;
+}
+
+// ---- routing: #/ search, #/image/<id>, #/add ----
+
+function parseHash(hash) {
+  const image = /^#\/image\/(\d+)$/.exec(hash);
+  if (image) return { view: "image", id: Number(image[1]) };
+  if (hash === "#/add") return { view: "add" };
+  return { view: "search" };
+}
+
+function isCurrent(view, id) {
+  const here = parseHash(location.hash);
+  return here.view === view && (id === undefined || here.id === id);
+}
+
+function route() {
+  const target = parseHash(location.hash);
+  clearError();
+  for (const [name, section] of Object.entries(ui.views)) section.hidden = name !== target.view;
+  for (const link of ui.navLinks) {
+    if (link.dataset.view === target.view) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  // Move keyboard and screen-reader focus to the new view, except on the first load.
+  if (state.routed) ui.viewTitles[target.view].focus();
+  state.routed = true;
+
+  if (target.view === "image") {
+    openImage(target.id);
+  } else if (target.view === "search" && state.search) {
+    renderResults(state.search);
+  } else {
+    ui.resultsSection.hidden = true;
+  }
+}
+
+// ---- search view ----
+
+function isPngOrJpeg(file) {
+  return ["image/png", "image/jpeg"].includes(file.type) || /\.(png|jpe?g)$/i.test(file.name);
+}
+
+/** DICOM by name, or by the "DICM" magic at bytes 128..131 (files without an extension). */
+async function isDicom(file) {
+  if (/\.dcm$/i.test(file.name) || file.type === "application/dicom") return true;
+  const magic = new Uint8Array(await file.slice(128, 132).arrayBuffer());
+  return String.fromCharCode(...magic) === "DICM";
+}
+
+async function chooseQueryFile(file) {
+  const dicom = await isDicom(file);
+  if (!dicom && !isPngOrJpeg(file)) {
+    showError(new UserError(`"${file.name}" is not a PNG, JPEG or DICOM file.`));
+    return;
+  }
+  state.queryFile = file;
+  ui.queryPreview.hidden = false;
+  ui.queryName.textContent = file.name;
+  if (!dicom) {
+    setPreview(URL.createObjectURL(file), file.name);
+    clearError();
+    return;
+  }
+  // Browsers cannot draw DICOM, so the gateway renders a PNG of it.
+  setPreview(null);
+  const body = new FormData();
+  body.append("image", file, file.name);
+  const blob = await runRequest(null, "Rendering the DICOM preview…", async () => {
+    const response = await apiFetch("/previews", { method: "POST", body });
+    return response.blob();
+  });
+  if (state.queryFile !== file) return; // A newer choice replaced this one meanwhile.
+  if (blob) setPreview(URL.createObjectURL(blob), file.name);
+  else ui.queryName.textContent = `${file.name} (no preview; it can still be searched)`;
+}
+
+function setPreview(url, name = "") {
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = url;
+  ui.queryPreviewImage.hidden = !url;
+  if (url) {
+    ui.queryPreviewImage.src = url;
+    ui.queryPreviewImage.alt = `Preview of the query image ${name}`;
+  } else {
+    ui.queryPreviewImage.removeAttribute("src");
+  }
+}
+
+function wireDropZone() {
+  const zone = ui.dropZone;
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (event) => {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+      zone.classList.add("drag-over");
+    });
+  }
+  zone.addEventListener("dragleave", (event) => {
+    if (!zone.contains(event.relatedTarget)) zone.classList.remove("drag-over");
+  });
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("drag-over");
+    const file = event.dataTransfer.files[0];
+    if (!file) return;
+    ui.queryFile.value = ""; // So that picking a file afterwards always fires "change".
+    chooseQueryFile(file);
+  });
+  // A drop that misses the zone would otherwise open the file and lose the page's state.
+  window.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    if (!zone.contains(event.target)) event.dataTransfer.dropEffect = "none";
+  });
+  window.addEventListener("drop", (event) => event.preventDefault());
+}
+
+/** k, filter and one_per_patient from the search form; used by Search and "More like this". */
+function readSearchOptions() {
+  const k = readNumber(ui.k, "Number of results (k)", 1, 100, true) ?? DEFAULT_K;
+  const filter = {};
+  addList(filter, "dataset", ui.filterDataset.value);
+  if (ui.filterSex.value) filter.sex = [ui.filterSex.value];
+  addList(filter, "view_position", ui.filterView.value);
+
+  const min = readNumber(ui.filterAgeMin, "Age from", 0, 130);
+  const max = readNumber(ui.filterAgeMax, "Age to", 0, 130);
+  if (min !== null && max !== null && min > max) throw new UserError("Age from is above age to.");
+  const age = {};
+  if (min !== null) age.min = min;
+  if (max !== null) age.max = max;
+  if (Object.keys(age).length) filter.age = age;
+
+  const findings = {};
+  addList(findings, "any", ui.filterFindingsAny.value);
+  addList(findings, "none", ui.filterFindingsNone.value);
+  if (Object.keys(findings).length) filter.findings = findings;
+
+  return { k, filter: Object.keys(filter).length ? filter : null, onePerPatient: ui.onePerPatient.checked };
+}
+
+function splitList(text) {
+  return [...new Set(text.split(",").map((part) => part.trim()).filter(Boolean))];
+}
+
+function addList(target, key, text) {
+  const values = splitList(text);
+  if (values.length) target[key] = values;
+}
+
+/** The number in `input`, or null when empty; throws a UserError naming the field when invalid. */
+function readNumber(input, label, min, max = Infinity, integer = false) {
+  const raw = input.value.trim();
+  if (raw === "" && !input.validity.badInput) return null;
+  const value = Number(raw);
+  const valid = raw !== "" && Number.isFinite(value) && value >= min && value <= max;
+  if (!valid || (integer && !Number.isInteger(value))) {
+    const range = max === Infinity ? `${min} or more` : `from ${min} to ${max}`;
+    throw new UserError(`${label} must be ${integer ? "a whole number" : "a number"} ${range}.`);
+  }
+  return value;
+}
+
+async function submitSearch(event) {
+  event.preventDefault();
+  if (!state.queryFile) {
+    showError(new UserError("Choose a query image first: drop it on the box or use the file picker."));
+    return;
+  }
+  let options;
+  try {
+    options = readSearchOptions();
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const file = state.queryFile;
+  const body = new FormData();
+  body.append("image", file, file.name);
+  body.append("k", String(options.k));
+  if (options.filter) body.append("filter", JSON.stringify(options.filter));
+  body.append("one_per_patient", String(options.onePerPatient));
+
+  const payload = await runRequest(ui.searchButton, "Searching…", () =>
+    fetchJson("/search", { method: "POST", body }),
+  );
+  if (!payload) return;
+  showModel(payload.model);
+  state.search = { title: `Results for ${file.name}`, results: resultsOf(payload) };
+  // Refresh the counts so an empty list can tell "nothing indexed" from "nothing matches".
+  if (!state.search.results.length) await loadStats();
+  if (isCurrent("search")) {
+    renderResults(state.search);
+    ui.resultsTitle.focus();
+  }
+}
+
+function resultsOf(payload) {
+  return Array.isArray(payload.results) ? payload.results : [];
+}
+
+// ---- results grid (search and "More like this") ----
+
+function renderResults({ title, results }) {
+  ui.resultsTitle.textContent = title;
+  ui.resultsSummary.textContent = results.length ? plural(results.length, "result") : "";
+  ui.results.replaceChildren(...(results.length ? results.map(resultCard) : [emptyResults()]));
+  ui.resultsSection.hidden = false;
+}
+
+function emptyResults() {
+  const nothingIndexed = state.stats && state.stats.index && state.stats.index.indexed === 0;
+  return el("p", { className: "results-empty" }, nothingIndexed ? "Nothing indexed yet" : "No image matches these filters");
+}
+
+function resultCard({ rank, score, image }) {
+  const meta = image.metadata || {};
+  const card = el("a", { className: "result", href: imageHash(image.id) });
+  card.dataset.imageId = String(image.id);
+  card.dataset.rank = String(rank);
+  card.append(
+    el("img", {
+      className: "result-thumb",
+      src: image.thumbnail_url,
+      alt: `Thumbnail of image ${image.id}`,
+      loading: "lazy",
+      decoding: "async",
+    }),
+    el(
+      "div",
+      { className: "result-body" },
+      el(
+        "p",
+        { className: "result-heading" },
+        el("span", { className: "result-rank" }, `#${rank}`),
+        el("span", { className: "result-score" }, `score ${formatScore(score)}`),
+      ),
+      definitionList(el("dl", { className: "result-meta" }), [
+        ["Image", String(image.id)],
+        ["External ID", text(meta.external_id)],
+        ["Dataset", text(meta.dataset)],
+        ["Patient", text(meta.patient_id)],
+        ["Age/sex/view", [ageText(meta.age), text(meta.sex), text(meta.view_position)].join(" · ")],
+        ["Findings", findingsText(meta.findings)],
+      ]),
+    ),
+  );
+  return card;
+}
+
+function imageHash(id) {
+  return `#/image/${encodeURIComponent(String(id))}`;
+}
+
+/** Fills `list` with <dt>/<dd> pairs; a value is text or a DOM node. */
+function definitionList(list, rows) {
+  list.replaceChildren(...rows.flatMap(([label, value]) => [el("dt", {}, label), el("dd", {}, value)]));
+  return list;
+}
+
+function text(value) {
+  return value === null || value === undefined || value === "" ? "—" : String(value);
+}
+
+function ageText(age) {
+  return age === null || age === undefined ? "—" : `${age} y`;
+}
+
+function findingsText(findings) {
+  if (!Array.isArray(findings)) return text(findings);
+  return findings.length ? findings.join(", ") : "No finding";
+}
+
+function formatScore(score) {
+  return typeof score === "number" ? score.toFixed(3) : "—";
+}
+
+// ---- image view ----
+
+async function openImage(id) {
+  ui.imageTitle.textContent = `Image ${id}`;
+  ui.imageDetail.hidden = true;
+  ui.fullImage.removeAttribute("src");
+  if (state.similar && state.similar.imageId === id) renderResults(state.similar);
+  else ui.resultsSection.hidden = true;
+
+  const image = await runRequest(null, `Loading image ${id}…`, () => fetchJson(`/images/${id}`));
+  if (image && isCurrent("image", id)) renderImage(image);
+}
+
+function renderImage(image) {
+  const meta = image.metadata || {};
+  ui.imageTitle.textContent = meta.external_id ? `Image ${image.id}: ${meta.external_id}` : `Image ${image.id}`;
+  ui.fullImage.src = image.file_url;
+  ui.fullImage.alt = `Chest X-ray, image ${image.id}`;
+  definitionList(ui.metadata, imageRows(image));
+  const indexed = image.index_state === "indexed";
+  ui.indexHint.hidden = indexed;
+  ui.indexHint.textContent = indexed ? "" : "This image is not indexed for the active model yet; \"More like this\" needs it indexed.";
+  ui.imageDetail.hidden = false;
+}
+
+const METADATA_ROWS = [
+  ["dataset", "Dataset"],
+  ["external_id", "External ID"],
+  ["patient_id", "Patient"],
+  ["study", "Study"],
+  ["age", "Age"],
+  ["sex", "Sex"],
+  ["view_position", "View position"],
+  ["findings", "Findings"],
+  ["extra", "Extra"],
+];
+
+function imageRows(image) {
+  const meta = image.metadata || {};
+  const known = new Set(METADATA_ROWS.map(([key]) => key));
+  const rows = [["Image ID", String(image.id)]];
+  for (const [key, label] of METADATA_ROWS) rows.push([label, metadataValue(key, meta[key])]);
+  // Show keys this page does not know yet too: "all metadata" means all.
+  for (const [key, value] of Object.entries(meta)) if (!known.has(key)) rows.push([key, metadataValue(key, value)]);
+  rows.push(
+    ["Index state", indexStateBadge(image.index_state)],
+    ["Size", image.width && image.height ? `${image.width} × ${image.height} px` : "—"],
+    ["Type", text(image.mime_type)],
+    ["Bytes", text(image.byte_size)],
+    ["SHA-256", text(image.sha256)],
+    ["Added", formatDate(image.created_at)],
+  );
+  return rows;
+}
+
+function metadataValue(key, value) {
+  if (key === "findings") return findingsText(value);
+  if (key === "sex" && SEX_NAMES[value]) return `${value} (${SEX_NAMES[value]})`;
+  if (value !== null && typeof value === "object") {
+    return el("pre", { className: "json" }, JSON.stringify(value, null, 2));
+  }
+  return text(value);
+}
+
+function indexStateBadge(indexState) {
+  const known = INDEX_STATES.includes(indexState) ? indexState : "unknown";
+  return el("span", { className: `state state-${known}` }, text(indexState));
+}
+
+function formatDate(value) {
+  const date = new Date(value);
+  return value && !Number.isNaN(date.getTime()) ? date.toLocaleString() : text(value);
+}
+
+async function findSimilar() {
+  const here = parseHash(location.hash);
+  if (here.view !== "image") return;
+  let options;
+  try {
+    options = readSearchOptions();
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const params = new URLSearchParams({ k: String(options.k), one_per_patient: String(options.onePerPatient) });
+  if (options.filter) params.set("filter", JSON.stringify(options.filter));
+
+  const payload = await runRequest(ui.moreLikeThis, "Searching…", () =>
+    fetchJson(`/images/${here.id}/similar?${params}`),
+  );
+  if (!payload) return;
+  showModel(payload.model);
+  state.similar = { imageId: here.id, title: `Similar to image ${here.id}`, results: resultsOf(payload) };
+  if (isCurrent("image", here.id)) {
+    renderResults(state.similar);
+    ui.resultsTitle.focus();
+  }
+}
+
+// ---- add view ----
+
+/** The metadata JSON of the add form; empty fields are left out. */
+function readAddMetadata() {
+  const dataset = ui.addDataset.value.trim();
+  if (!dataset) throw new UserError("Dataset is required.");
+  const metadata = { dataset };
+  const texts = { external_id: ui.addExternalId, patient_id: ui.addPatientId, view_position: ui.addViewPosition };
+  for (const [key, input] of Object.entries(texts)) {
+    const value = input.value.trim();
+    if (value) metadata[key] = value;
+  }
+  const study = readNumber(ui.addStudy, "Study number", 0, Infinity, true);
+  if (study !== null) metadata.study = study;
+  const age = readNumber(ui.addAge, "Age", 0, 130);
+  if (age !== null) metadata.age = age;
+  if (ui.addSex.value) metadata.sex = ui.addSex.value;
+  const findings = splitList(ui.addFindings.value);
+  if (findings.length) metadata.findings = findings;
+  return metadata;
+}
+
+async function submitAdd(event) {
+  event.preventDefault();
+  const file = ui.addFile.files[0];
+  let metadata;
+  try {
+    if (!file) throw new UserError("Choose a PNG or JPEG file to add.");
+    metadata = readAddMetadata();
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const body = new FormData();
+  body.append("image", file, file.name);
+  body.append("metadata", JSON.stringify(metadata));
+  showOutcome(null);
+
+  let status = 0;
+  const payload = await runRequest(
+    ui.addButton,
+    "Adding the image…",
+    async () => {
+      const response = await apiFetch("/images", { method: "POST", body });
+      status = response.status;
+      return readJson(response);
+    },
+    showAddFailure,
+  );
+  if (!payload) return;
+  const id = payload.image.id;
+  const indexing = payload.indexed ? "indexed" : "not indexed yet";
+  const message = status === 200 ? `Image ${id} is already in the catalog, ${indexing}` : `Added image ${id}, ${indexing}`;
+  showOutcome("success", message, id);
+  loadStats();
+}
+
+/** A stored-but-not-indexed upload (503 with image_id) is half done: say how to finish it. */
+function showAddFailure(error) {
+  showError(error);
+  const problem = error.problem || {};
+  if (error.status === 503 && problem.image_id !== null && problem.image_id !== undefined) {
+    const detail = String(problem.detail || "indexing failed").replace(/[.\s]+$/, "");
+    showOutcome("warning", `Stored as image ${problem.image_id} but not indexed yet: ${detail}. Submit again to finish.`, problem.image_id);
+  }
+}
+
+/** Writes the add outcome (kind "success" or "warning") with a link to the image; null clears it. */
+function showOutcome(kind, message = "", imageId = null) {
+  ui.addResult.className = kind ? `outcome outcome-${kind}` : "outcome";
+  ui.addResult.replaceChildren();
+  if (!kind) return;
+  ui.addResult.append(el("span", {}, message), " ", el("a", { href: imageHash(imageId) }, `Open image ${imageId}`));
+}
+
+// ---- start ----
+
+function start() {
+  ui.searchForm.addEventListener("submit", submitSearch);
+  ui.queryFile.addEventListener("change", () => {
+    const file = ui.queryFile.files[0];
+    if (file) chooseQueryFile(file);
+  });
+  wireDropZone();
+  ui.moreLikeThis.addEventListener("click", findSimilar);
+  ui.addForm.addEventListener("submit", submitAdd);
+  window.addEventListener("hashchange", route);
+  route();
+  loadStats();
+}
+
+start();

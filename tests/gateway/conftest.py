@@ -1,0 +1,198 @@
+"""The whole system for gateway tests: four real services as processes talking HTTP.
+
+PostgreSQL (a throwaway database), Milvus Lite (a temporary folder), TensorFlow with
+`random:42` weights, and the gateway under gunicorn. The gateway reaches each service
+through a TCP proxy that a test can cut, so "a service is down" is real without stopping
+the process. The NIH and Hannover sets of the shared data are ingested once, through the
+gateway's public API, for every test that reads them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.processes import free_port, wait_ready
+from tests.support.proxy import CuttableProxy
+
+SEED = 42
+# Generous: these guard against a hang, they do not measure speed.
+START_GUARD_S = 180.0
+STOP_GUARD_S = 30.0
+HTTP_TIMEOUT_S = 120.0
+SETS = ("nih_cxr14", "covid_hannover")
+EMBEDDER_MAX_PIXELS = 2048 * 2048
+
+
+@dataclass(frozen=True)
+class Stack:
+    gateway: str  # the gateway's base URL
+    proxies: dict[str, CuttableProxy]  # by service name, between the gateway and each service
+    urls: dict[str, str]  # each service's own URL, behind its proxy
+    logs: Path
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """One ingested image: where its file is and what the gateway answered."""
+
+    path: Path
+    image_id: int
+    metadata: dict[str, Any]
+
+
+@contextmanager
+def service(name: str, env: dict[str, str], logs: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    log_path = logs / f"{name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"medsearch_{name}"],
+            env={**os.environ, **env, "MEDSEARCH_PORT": str(port)},
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_GUARD_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=STOP_GUARD_S)
+
+
+@pytest.fixture(scope="session")
+def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("stack")
+    logs = folder / "logs"
+    logs.mkdir()
+    envs = {
+        "catalog": {"MEDSEARCH_DATABASE_URL": database_url},
+        # Below the catalog's pixel limit: an image the catalog keeps but the model refuses.
+        "embedder": {
+            "MEDSEARCH_EMBEDDER_WEIGHTS": f"random:{SEED}",
+            "MEDSEARCH_EMBEDDER_MAX_IMAGE_PIXELS": str(EMBEDDER_MAX_PIXELS),
+        },
+        "search": {"MEDSEARCH_MILVUS_URI": str(folder / "milvus.db")},
+    }
+    with ExitStack() as stack_of:
+        started = {name: stack_of.enter_context(service(name, env, logs)) for name, env in envs.items()}
+        for name, (process, url) in started.items():
+            wait_ready(url, process, logs / f"{name}.log", START_GUARD_S)
+        urls = {name: url for name, (_, url) in started.items()}
+        proxies = {}
+        for name, url in urls.items():
+            host, port = url.removeprefix("http://").split(":")
+            proxies[name] = CuttableProxy(host, int(port))
+            proxies[name].restore()
+            stack_of.callback(proxies[name].cut)
+        gateway_env = {
+            f"MEDSEARCH_{name.upper()}_URL": f"http://127.0.0.1:{proxy.port}"
+            for name, proxy in proxies.items()
+        }
+        # Short timeouts, so that the outage tests see the 503s and 504s quickly.
+        gateway_env["MEDSEARCH_GATEWAY_SEARCH_TIMEOUT_S"] = "30"
+        gateway_env["MEDSEARCH_GATEWAY_CATALOG_TIMEOUT_S"] = "30"
+        process, gateway = stack_of.enter_context(service("gateway", gateway_env, logs))
+        wait_ready(gateway, process, logs / "gateway.log", START_GUARD_S)
+        yield Stack(gateway=gateway, proxies=proxies, urls=urls, logs=logs)
+
+
+@pytest.fixture
+def restore_proxies(stack: Stack) -> Iterator[None]:
+    """For tests that cut a service: every proxy is back afterwards, even when one fails."""
+    yield
+    for proxy in stack.proxies.values():
+        proxy.restore()
+
+
+def metadata_of(dataset_folder: str, row: dict[str, str]) -> dict[str, Any]:
+    """A row of a shared labels.csv as catalog metadata."""
+    if dataset_folder == "nih_cxr14":
+        return {
+            "dataset": "nih",
+            "external_id": row["image_index"],
+            "patient_id": row["patient_id"],
+            "study": int(row["follow_up"]),
+            "age": int(row["patient_age"]),
+            "sex": row["patient_gender"].upper(),
+            "view_position": row["view_position"].upper(),
+            "findings": [f for f in row["finding_labels"].split("|") if f != "No Finding"],
+        }
+    return {
+        "dataset": "hannover",
+        "external_id": row["image_id"],
+        "patient_id": row["patient_id"],
+        "sex": row["sex"].upper() or None,
+        "view_position": row["view_position"].upper(),
+        "findings": [row["finding"]],
+        "extra": {"modality": row["modality"]},
+    }
+
+
+def ingest(gateway: str, path: Path, metadata: dict[str, Any]) -> requests.Response:
+    with open(path, "rb") as handle:
+        return requests.post(
+            f"{gateway}/api/v1/images",
+            files={"image": (path.name, handle.read())},
+            data={"metadata": json.dumps(metadata)},
+            timeout=HTTP_TIMEOUT_S,
+        )
+
+
+def search(gateway: str, data: bytes, **form: Any) -> requests.Response:
+    fields = {
+        key: json.dumps(value) if isinstance(value, dict) else str(value) for key, value in form.items()
+    }
+    return requests.post(
+        f"{gateway}/api/v1/search", files={"image": ("query", data)}, data=fields, timeout=HTTP_TIMEOUT_S
+    )
+
+
+@pytest.fixture(scope="session")
+def indexed(stack: Stack, test_data: Path) -> list[Indexed]:
+    """The NIH and Hannover sets, ingested through the gateway, a few uploads at a time."""
+    jobs = []
+    for folder in SETS:
+        with open(test_data / folder / "labels.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                jobs.append((test_data / folder / row["path"], metadata_of(folder, row)))
+
+    def run(job: tuple[Path, dict[str, Any]]) -> Indexed:
+        path, metadata = job
+        response = ingest(stack.gateway, path, metadata)
+        assert response.status_code in (200, 201), (path.name, response.text)
+        body = response.json()
+        assert body["indexed"] is True and body["image"]["index_state"] == "indexed"
+        return Indexed(path, int(body["image"]["id"]), metadata)
+
+    # Four at a time: the embedder batches concurrent images into one model call.
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(run, jobs))
+
+
+def jpeg_half_size(path: Path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        half = image.convert("L").resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    half.save(out, format="JPEG", quality=90)
+    return out.getvalue()
