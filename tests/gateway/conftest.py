@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.conftest import fresh_database
 from tests.support.processes import free_port, wait_ready
 from tests.support.proxy import CuttableProxy
 
@@ -79,12 +80,12 @@ def service(name: str, env: dict[str, str], logs: Path) -> Iterator[tuple[subpro
 
 
 @pytest.fixture(scope="session")
-def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("stack")
     logs = folder / "logs"
     logs.mkdir()
     envs = {
-        "catalog": {"MEDSEARCH_DATABASE_URL": database_url},
+        "catalog": {},
         # Below the catalog's pixel limit: an image the catalog keeps but the model refuses.
         "embedder": {
             "MEDSEARCH_EMBEDDER_WEIGHTS": f"random:{SEED}",
@@ -93,6 +94,8 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "search": {"MEDSEARCH_MILVUS_URI": str(folder / "milvus.db")},
     }
     with ExitStack() as stack_of:
+        # A database of its own: the catalog's tests leave images in the session's database.
+        envs["catalog"]["MEDSEARCH_DATABASE_URL"] = stack_of.enter_context(fresh_database(postgres_admin_url))
         started = {name: stack_of.enter_context(service(name, env, logs)) for name, env in envs.items()}
         for name, (process, url) in started.items():
             wait_ready(url, process, logs / f"{name}.log", START_GUARD_S)

@@ -236,6 +236,33 @@ def test_an_ingest_cut_short_stays_pending_and_a_retry_completes_it(
     )
 
 
+def test_a_pending_image_is_listed_and_indexed_on_request(
+    stack: Stack, indexed: list[Indexed], restore_proxies: None, test_data: Path
+) -> None:
+    photo = test_data / "negatives" / "images" / "retina.jpg"
+    stack.proxies["embedder"].cut()
+    image_id = problem(ingest(stack.gateway, photo, {"dataset": "reindex"}), 503)["image_id"]
+    stack.proxies["embedder"].restore()
+    try:
+        pending = requests.get(f"{stack.gateway}/api/v1/pending", params={"limit": 500}, timeout=30).json()
+        assert [item["id"] for item in pending["items"]] == [image_id]
+        assert pending["model_id"] == stats(stack)["model"]["model_id"] and pending["next_cursor"] is None
+
+        indexed_now = requests.post(f"{stack.gateway}/api/v1/images/{image_id}/index", timeout=HTTP_TIMEOUT_S)
+        assert indexed_now.status_code == 200, indexed_now.text
+        assert indexed_now.json()["already_indexed"] is False
+        assert indexed_now.json()["image"]["index_state"] == "indexed"
+        assert requests.get(f"{stack.gateway}/api/v1/pending", timeout=30).json()["items"] == []
+        hit = search(stack.gateway, photo.read_bytes(), k=1).json()["results"][0]
+        assert hit["image"]["id"] == image_id and hit["score"] > 0.999
+        again = requests.post(f"{stack.gateway}/api/v1/images/{image_id}/index", timeout=HTTP_TIMEOUT_S)
+        assert again.json()["already_indexed"] is True
+    finally:
+        requests.delete(f"{stack.gateway}/api/v1/images/{image_id}", timeout=HTTP_TIMEOUT_S)
+    problem(requests.post(f"{stack.gateway}/api/v1/images/{image_id}/index", timeout=30), 404)
+    problem(requests.get(f"{stack.gateway}/api/v1/pending?colour=red", timeout=30), 400)
+
+
 def test_stats_without_the_embedder_still_count(
     stack: Stack, indexed: list[Indexed], restore_proxies: None
 ) -> None:

@@ -259,6 +259,24 @@ def test_add_again_and_delete_answers(gateway: FlaskClient, indexed: list[Indexe
             gateway.delete(f"/api/v1/images/{image_id}")
 
 
+def test_index_and_pending_answers(gateway: FlaskClient, indexed: list[Indexed]) -> None:
+    item = indexed[3]
+    done = gateway.post(f"/api/v1/images/{item.image_id}/index")
+    assert done.status_code == 200
+    assert check(done, "/api/v1/images/{image_id}/index", "post")["already_indexed"] is True
+    pending = gateway.get("/api/v1/pending?include_failed=true&limit=5")
+    assert pending.status_code == 200
+    check(pending, "/api/v1/pending", "get")
+    problem(gateway.get("/api/v1/pending?colour=red"), "/api/v1/pending", "get", 400, "invalid-request")
+    problem(
+        gateway.post("/api/v1/images/987654321/index"),
+        "/api/v1/images/{image_id}/index",
+        "post",
+        404,
+        "image-not-found",
+    )
+
+
 def test_add_refusals(gateway: FlaskClient, indexed: list[Indexed]) -> None:
     before = check(gateway.get(STATS), STATS, "get")["images"]
     no_metadata = post_upload(gateway, IMAGES, fresh_png())

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from medsearch_gateway.errors import InvalidRequest
-from medsearch_gateway.orchestration import Gateway, Hit, SearchRequest, Upload
+from medsearch_gateway.orchestration import Gateway, Hit, Ingested, SearchRequest, Upload
 
 GATEWAY_EXTENSION = "medsearch_gateway"
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -69,15 +69,24 @@ def add_image() -> tuple[Response, int]:
     if metadata is None:
         raise InvalidRequest("the form field 'metadata' (a JSON object with at least 'dataset') is required")
     ingested = _gateway().ingest(upload, metadata)
-    body = {
-        "image": image_json(ingested.image, ingested.model_id),
-        "indexed": True,
-        "model_id": ingested.model_id,
-    }
-    response = jsonify(body)
+    response = jsonify(_ingested_json(ingested))
     if ingested.created:
         response.headers["Location"] = url_for(".get_image", image_id=ingested.image["id"])
     return response, 201 if ingested.created else 200
+
+
+@blueprint.post("/images/<image_id>/index")
+def index_image(image_id: str) -> Response:
+    """(Re)index a stored image for the active model: what `medsearch reindex` calls."""
+    return jsonify(_ingested_json(_gateway().index(parse_image_id(image_id))))
+
+
+@blueprint.get("/pending")
+def list_pending() -> Response:
+    _refuse_unknown_params({"include_failed", "limit", "cursor"})
+    model_id, page = _gateway().pending(list(request.args.items(multi=True)))
+    items = [image_json(item, model_id) for item in page["items"]]
+    return jsonify(model_id=model_id, items=items, next_cursor=page["next_cursor"])
 
 
 @blueprint.get("/images/<image_id>")
@@ -178,6 +187,15 @@ def image_json(record: dict[str, Any], model_id: str | None) -> dict[str, Any]:
         "index_state": state,
         "thumbnail_url": url_for("api.get_thumbnail", image_id=image_id),
         "file_url": url_for("api.get_file", image_id=image_id),
+    }
+
+
+def _ingested_json(ingested: Ingested) -> dict[str, Any]:
+    return {
+        "image": image_json(ingested.image, ingested.model_id),
+        "indexed": True,
+        "model_id": ingested.model_id,
+        "already_indexed": ingested.already_indexed,
     }
 
 

@@ -258,9 +258,9 @@ class Catalog:
         body = self.client.get_json("/v1/images", params={"ids": ",".join(map(str, image_ids))})
         return {int(item["id"]): item for item in body["items"]}
 
-    def page(self, params: list[tuple[str, str]]) -> dict[str, Any]:
+    def page(self, params: list[tuple[str, str]], *, path: str = "/v1/images") -> dict[str, Any]:
         try:
-            page: dict[str, Any] = self.client.get_json("/v1/images", params=params)
+            page: dict[str, Any] = self.client.get_json(path, params=params)
         except UpstreamRejected as exc:
             raise _user_error(exc) from None
         return page
@@ -310,6 +310,7 @@ class Ingested:
     image: dict[str, Any]
     created: bool
     model_id: str
+    already_indexed: bool  # nothing was done: stored and indexed for this model before
 
 
 class Gateway:
@@ -347,13 +348,27 @@ class Gateway:
                 "DICOM files can be searched but not added: the catalog keeps PNG and JPEG"
             )
         image, created = self.catalog.add(upload, metadata_json)
+        return self._index(image, upload, created=created)
+
+    def index(self, image_id: int) -> Ingested:
+        """(Re)index a stored image for the active model, from the catalog's own bytes."""
+        image = self.catalog.image(image_id)
+        stored = self.catalog.file(image_id, thumbnail=False, if_none_match=None)
+        return self._index(image, Upload.check(stored.content, len(stored.content)), created=False)
+
+    def pending(self, params: list[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
+        """A page of the images the active model has not indexed (failed ones when asked)."""
+        model_id: str = self.embedder.model()["model_id"]
+        return model_id, self.catalog.page(params, path=f"/v1/models/{model_id}/pending")
+
+    def _index(self, image: dict[str, Any], upload: Upload, *, created: bool) -> Ingested:
         image_id = int(image["id"])
         stage = self.settings.embedder.name
         try:
             if not created:
                 model_id = self.embedder.model()["model_id"]
                 if image["index_states"].get(model_id, {}).get("state") == "indexed":
-                    return Ingested(image, created, model_id)  # nothing left to do
+                    return Ingested(image, created, model_id, already_indexed=True)
             vector, model = self.embedder.embed(upload)
             model_id = model["model_id"]
             stage = self.settings.search.name
@@ -370,12 +385,12 @@ class Gateway:
             raise  # a refusal a retry cannot mend: a 502, and the image stays pending
         except UpstreamError as exc:
             raise IngestIncomplete(
-                f"image {image_id} is stored but not indexed yet ({exc}); send it again to finish",
+                f"image {image_id} is stored but not indexed yet ({exc}); try again to finish",
                 image_id=image_id,
                 dependency=stage,
             ) from None
         image["index_states"][model_id] = {"state": "indexed"}
-        return Ingested(image, created, model_id)
+        return Ingested(image, created, model_id, already_indexed=False)
 
     def delete(self, image_id: int) -> None:
         """The vectors first (every model that indexed it, and the active one), then the row:
