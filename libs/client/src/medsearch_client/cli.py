@@ -1,0 +1,444 @@
+"""The `medsearch` command: ingest, search, reindex and stats against a MedSearch gateway.
+
+Exit status: 0 when everything worked; 1 when an image or a call failed (each failure is
+listed); 2 when the command line or the CSV is wrong (nothing was sent); 130 when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from medsearch_client.client import (
+    DEFAULT_URL,
+    URL_ENV,
+    GatewayClient,
+    GatewayError,
+    Image,
+    Indexed,
+    SearchHit,
+)
+from medsearch_client.sources import FORMATS, SourceError, SourceOptions, read_source
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+# An ingest waits for the embedder, which may be busy with other uploads: be patient.
+DEFAULT_TIMEOUT_S = 300.0
+# After this many images in a row failed with the gateway saying a service is down (each
+# after its retries), the rest are not tried: re-running resumes where this stopped.
+OUTAGE_LIMIT = 10
+
+
+class Outcome(Enum):
+    NEW = "new"
+    COMPLETED = "completed"
+    ALREADY_INDEXED = "already indexed"
+
+
+def outcome_of(result: Indexed) -> Outcome:
+    """New bytes (201); stored before but now indexed for the first time; or nothing to do."""
+    if result.already_indexed:
+        return Outcome.ALREADY_INDEXED
+    return Outcome.NEW if result.created else Outcome.COMPLETED
+
+
+def describe_failure(error: GatewayError) -> str:
+    """The gateway's own explanation, its status, the service it named, and what was kept."""
+    notes = [f"HTTP {error.status}" if error.status is not None else "no answer"]
+    if error.dependency:
+        notes[0] += f", {error.dependency}"
+    if error.image_id is not None:
+        notes.append(f"image {error.image_id} {error.problem.get('index_state') or 'pending'}")
+    return f"{error.detail} ({'; '.join(notes)})"
+
+
+@dataclass
+class Tally:
+    """What a batch did, counted as results arrive."""
+
+    counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+    not_tried: int = 0
+    interrupted: bool = False
+    outage_streak: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.counts[outcome] += 1
+        self.outage_streak = 0
+
+    def fail(self, what: str, why: str, *, outage: bool = False) -> None:
+        self.failures.append((what, why))
+        self.outage_streak = self.outage_streak + 1 if outage else 0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def summary(self) -> str:
+        """`N new, M completed, K already indexed, F failed`."""
+        return (
+            f"{self.counts[Outcome.NEW]} new, {self.counts[Outcome.COMPLETED]} completed, "
+            f"{self.counts[Outcome.ALREADY_INDEXED]} already indexed, {self.failed} failed"
+        )
+
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failures or self.not_tried else EXIT_OK
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to send: `name` is how a failure names it (a file, an image ID)."""
+
+    name: str
+    run: Callable[[], Indexed]
+
+
+def run_jobs(jobs: Sequence[Job], concurrency: int, description: str) -> Tally:
+    """Run the jobs on `concurrency` threads with a progress bar on stderr. Only a few jobs
+    are queued ahead of the workers, so an outage or Ctrl-C stops the batch promptly."""
+    tally = Tally()
+    queue = iter(jobs)
+    running: dict[Future[Indexed], Job] = {}
+    with (
+        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="medsearch") as pool,
+        tqdm(total=len(jobs), desc=description, unit="img", file=sys.stderr, disable=None) as bar,
+    ):
+        try:
+            for job in islice(queue, 2 * concurrency):
+                running[pool.submit(job.run)] = job
+            while running and tally.outage_streak < OUTAGE_LIMIT:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    _record(tally, running.pop(future), future)
+                bar.set_postfix_str(tally.summary(), refresh=False)
+                bar.update(len(done))
+                for job in islice(queue, len(done)):
+                    running[pool.submit(job.run)] = job
+        except KeyboardInterrupt:
+            tally.interrupted = True
+        for future in running:
+            future.cancel()
+    # Leaving the pool waited for the jobs that were already running: count what they did.
+    for future, job in running.items():
+        if future.cancelled():
+            tally.not_tried += 1
+        else:
+            _record(tally, job, future)
+    tally.not_tried += sum(1 for _ in queue)
+    return tally
+
+
+def _record(tally: Tally, job: Job, future: Future[Indexed]) -> None:
+    try:
+        tally.add(outcome_of(future.result()))
+    except GatewayError as exc:
+        tally.fail(job.name, describe_failure(exc), outage=exc.retryable)
+    except OSError as exc:
+        tally.fail(job.name, f"cannot read the file: {exc.strerror or exc}")
+
+
+def report(tally: Tally) -> int:
+    """The summary line on stdout, then each failure on stderr; the exit code."""
+    print(tally.summary(), flush=True)
+    for what, why in tally.failures:
+        print(f"failed: {what}: {why}", file=sys.stderr)
+    if tally.interrupted or tally.not_tried:
+        reason = (
+            "interrupted"
+            if tally.interrupted
+            else f"stopped after {OUTAGE_LIMIT} images in a row failed with a service down"
+        )
+        print(f"{reason}; {tally.not_tried} not tried: run the same command again to resume", file=sys.stderr)
+    return tally.exit_code()
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def ingest(args: argparse.Namespace, client: GatewayClient) -> int:
+    options = SourceOptions(
+        format=args.format,
+        images=args.images,
+        path_column=args.path_column,
+        mappings=args.map,
+        dataset=args.dataset,
+        skip_missing=args.skip_missing,
+    )
+    source = read_source(args.source, options)
+    if source.missing:
+        print(f"skipping {len(source.missing)} rows whose image file is missing", file=sys.stderr)
+    model = _active_model(client)
+    print(f"ingesting {len(source.items)} images into {client.base_url} (model {model})", file=sys.stderr)
+    jobs = [Job(str(item.path), partial(client.add_image, item.path, item.metadata)) for item in source.items]
+    return report(run_jobs(jobs, args.concurrency, "ingest"))
+
+
+def reindex(args: argparse.Namespace, client: GatewayClient) -> int:
+    model = _active_model(client)
+    # All pages first: indexing while paging would move the pages under the cursor.
+    images = list(client.iter_pending(include_failed=args.include_failed))
+    print(f"{len(images)} images to index for model {model}", file=sys.stderr)
+    jobs = [Job(_image_name(image), partial(client.index_image, image["id"])) for image in images]
+    return report(run_jobs(jobs, args.concurrency, "reindex"))
+
+
+def search(args: argparse.Namespace, client: GatewayClient) -> int:
+    try:
+        query = args.image.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.image}: {exc.strerror or exc}") from None
+    response = client.search(
+        query,
+        k=args.k,
+        filter=args.filter,
+        one_per_patient=args.one_per_patient,
+        filename=args.image.name,
+    )
+    if args.json:
+        print(json.dumps(response, indent=2))
+        return EXIT_OK
+    if response["model"].get("warning"):
+        print(f"warning: {response['model']['warning']}", file=sys.stderr)
+    if response["results"]:
+        print(format_results(response["results"]))
+    else:
+        print("no results: nothing is indexed yet, or nothing matches the filter", file=sys.stderr)
+    return EXIT_OK
+
+
+def stats(args: argparse.Namespace, client: GatewayClient) -> int:
+    numbers = client.stats()
+    if args.json:
+        print(json.dumps(numbers, indent=2))
+        return EXIT_OK
+    model = numbers["model"]
+    datasets = ", ".join(f"{name} {count}" for name, count in sorted(numbers["datasets"].items()))
+    index = numbers["index"]
+    lines = [
+        ("model", f"{model['model_id']} (weights: {model.get('weights', '?')})" if model else "unknown"),
+        ("images", str(numbers["images"])),
+        ("datasets", datasets or "-"),
+        ("index", ", ".join(f"{name} {count}" for name, count in index.items()) if index else "-"),
+    ]
+    print("\n".join(f"{name:<9} {value}" for name, value in lines))
+    if model and model.get("warning"):
+        print(f"warning: {model['warning']}")
+    return EXIT_OK
+
+
+def format_results(hits: Sequence[SearchHit]) -> str:
+    """Search results as an aligned text table, one line per hit, best first."""
+    header = ("rank", "score", "id", "external_id", "dataset", "patient", "age/sex/view", "findings")
+    rows = [header]
+    for hit in hits:
+        meta = hit["image"]["metadata"]
+        age_sex_view = "/".join(
+            "-" if meta.get(name) is None else str(meta.get(name)) for name in ("age", "sex", "view_position")
+        )
+        rows.append(
+            (
+                str(hit["rank"]),
+                f"{hit['score']:.4f}",
+                str(hit["image"]["id"]),
+                meta.get("external_id") or "-",
+                meta.get("dataset") or "-",
+                meta.get("patient_id") or "-",
+                age_sex_view,
+                ", ".join(meta.get("findings") or []) or "(none)",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    numbers = 3  # rank, score and id are right-aligned
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if i < numbers else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
+
+
+def _active_model(client: GatewayClient) -> str:
+    """The active model's ID; asking first also shows at once that the gateway answers."""
+    model = client.stats()["model"]
+    return str(model["model_id"]) if model else "unknown: the embedder does not answer"
+
+
+def _image_name(image: Image) -> str:
+    meta = image["metadata"]
+    label = "/".join(part for part in (meta.get("dataset"), meta.get("external_id")) if part)
+    return f"image {image['id']}" + (f" ({label})" if label else "")
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be done; nothing was sent."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0, got {text}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('expected a JSON object, e.g. {"sex": ["F"]}')
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --url and --timeout work before or after the command. Their defaults are SUPPRESS (and
+    # are applied in main) so that a subcommand does not overwrite a value given before it.
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--url", default=argparse.SUPPRESS, help=f"the gateway (env {URL_ENV}; default {DEFAULT_URL})"
+    )
+    connection.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=argparse.SUPPRESS,
+        help=f"seconds to wait for one answer (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="medsearch",
+        description="Add chest X-rays to a MedSearch gateway and search it.",
+        parents=[connection],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cmd = commands.add_parser(
+        "ingest",
+        parents=[connection],
+        help="add and index the images of a folder or a labels CSV",
+        description=(
+            "Add and index images. SOURCE is a folder (its labels.csv if it has one, else every "
+            "*.png/*.jpg/*.jpeg under it) or a CSV: NIH ChestX-ray14's Data_Entry_2017*.csv, or a "
+            "generic CSV with a path column and columns named like the metadata fields "
+            "(dataset, external_id/image_id, patient_id, study/follow_up, age, sex, view_position, "
+            "findings/finding). Images already indexed are skipped, so running it again resumes."
+        ),
+    )
+    cmd.add_argument("source", type=Path, metavar="SOURCE", help="a folder or a labels CSV")
+    cmd.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="where the CSV's image paths are relative to "
+        "(default: NIH: images/ next to the CSV; generic: the CSV's folder)",
+    )
+    cmd.add_argument("--format", choices=FORMATS, default="auto", help="the CSV's format (default: auto)")
+    cmd.add_argument(
+        "--path-column", metavar="COLUMN", help="generic CSV: the image path column (default: path)"
+    )
+    cmd.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="COLUMN=FIELD",
+        help="generic CSV: fill FIELD (dataset, external_id, patient_id, study, age, sex, view_position, "
+        "findings, extra.KEY) from COLUMN; repeatable",
+    )
+    cmd.add_argument(
+        "--dataset",
+        help="the dataset of rows that name none (default: nih for NIH's file, else the folder's name)",
+    )
+    cmd.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="ingest the CSV's rows whose file exists, rather than refuse a CSV that names missing files",
+    )
+    cmd.add_argument("--concurrency", type=_positive_int, default=4, help="parallel uploads (default 4)")
+    cmd.set_defaults(handler=ingest)
+
+    cmd = commands.add_parser("search", parents=[connection], help="find the images most like an X-ray")
+    cmd.add_argument("image", type=Path, help="the query image (PNG, JPEG or DICOM)")
+    cmd.add_argument("--k", type=_positive_int, default=10, help="how many results (1-100, default 10)")
+    cmd.add_argument("--filter", type=_json_object, help='e.g. \'{"sex": ["F"], "age": {"min": 40}}\'')
+    cmd.add_argument("--one-per-patient", action="store_true", help="at most one image per patient")
+    cmd.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
+    cmd.set_defaults(handler=search)
+
+    cmd = commands.add_parser(
+        "reindex",
+        parents=[connection],
+        help="index every stored image not yet indexed for the active model",
+        description="Index every stored image that is not indexed for the active model (never, or "
+        "left pending by a failure): completes interrupted ingests and fills a new model's index.",
+    )
+    cmd.add_argument("--include-failed", action="store_true", help="retry images that failed before too")
+    cmd.add_argument("--concurrency", type=_positive_int, default=4, help="parallel requests (default 4)")
+    cmd.set_defaults(handler=reindex)
+
+    cmd = commands.add_parser("stats", parents=[connection], help="counts of images and of their index state")
+    cmd.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
+    cmd.set_defaults(handler=stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    url = getattr(args, "url", None) or os.environ.get(URL_ENV) or DEFAULT_URL
+    handler: Callable[[argparse.Namespace, GatewayClient], int] = args.handler
+    try:
+        client = GatewayClient(
+            url,
+            read_timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
+            pool_size=getattr(args, "concurrency", 1),
+        )
+    except ValueError as exc:
+        return _usage_error(str(exc))
+    try:
+        with client:
+            return handler(args, client)
+    except (SourceError, UsageError) as exc:
+        return _usage_error(str(exc))
+    except GatewayError as exc:
+        print(f"medsearch: {describe_failure(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("medsearch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _usage_error(message: str) -> int:
+    print(f"medsearch: error: {message}", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,329 @@
+"""A client of the MedSearch gateway's public API (`/api/v1`): typed calls, timeouts, retries.
+
+Every call here is safe to repeat (ingest is idempotent by the image's sha256, indexing by
+image ID, search and reads change nothing), so each one is retried with backoff when the
+gateway says a service is down or slow (502/503/504) or does not answer at all; a 4xx is
+the request's own fault and is raised at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict, cast
+from urllib.parse import urlsplit
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+URL_ENV = "MEDSEARCH_URL"
+# Statuses that say "try again later" rather than "your request is wrong".
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+_MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+class ImageMetadata(TypedDict, total=False):
+    dataset: str
+    external_id: str | None
+    patient_id: str | None
+    study: int | None
+    age: int | None
+    sex: str | None
+    view_position: str | None
+    findings: list[str]
+    extra: dict[str, Any]
+
+
+class Image(TypedDict):
+    id: int
+    metadata: ImageMetadata
+    width: int
+    height: int
+    mime_type: str
+    byte_size: int
+    sha256: str
+    created_at: str
+    index_state: str | None
+    thumbnail_url: str
+    file_url: str
+
+
+class SearchHit(TypedDict):
+    rank: int
+    score: float
+    image: Image
+
+
+class SearchResponse(TypedDict):
+    model: dict[str, Any]
+    results: list[SearchHit]
+
+
+class PendingPage(TypedDict):
+    model_id: str
+    items: list[Image]
+    next_cursor: str | None
+
+
+class IndexCounts(TypedDict):
+    indexed: int
+    pending: int
+    failed: int
+
+
+class Stats(TypedDict):
+    model: dict[str, Any] | None
+    images: int
+    datasets: dict[str, int]
+    index: IndexCounts | None
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """The answer to an ingest or a (re)index: the image, now indexed for `model_id`."""
+
+    image: Image
+    model_id: str
+    created: bool  # the bytes were new to the catalog (201)
+    already_indexed: bool  # nothing was done: stored and indexed for this model before
+
+
+def is_retryable(status: int | None) -> bool:
+    """Whether a failure may pass by itself: a service down or slow, or no answer (None)."""
+    return status is None or status in RETRYABLE_STATUSES
+
+
+class GatewayError(Exception):
+    """A call failed: `status` is the HTTP status (None when no answer came), `problem` the
+    gateway's problem+json body (or one made up to say what happened)."""
+
+    def __init__(self, status: int | None, problem: Mapping[str, Any], *, retryable: bool | None = None):
+        self.status = status
+        self.problem = dict(problem)
+        self.retryable = is_retryable(status) if retryable is None else retryable
+        super().__init__(self.detail)
+
+    @property
+    def detail(self) -> str:
+        return str(self.problem.get("detail") or self.problem.get("title") or f"HTTP {self.status}")
+
+    @property
+    def dependency(self) -> str | None:
+        """The service the gateway named as down or slow, if any."""
+        value = self.problem.get("dependency")
+        return str(value) if value else None
+
+    @property
+    def image_id(self) -> int | None:
+        """The image the catalog kept although the request failed (ingest-incomplete,
+        stored-but-rejected)."""
+        value = self.problem.get("image_id")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def problem_of(status: int, content_type: str, body: bytes) -> dict[str, Any]:
+    """The problem+json object of an error answer; one made up when the body is not one
+    (a proxy's HTML page, say), keeping the start of its text as the detail."""
+    if "json" in content_type:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    text = " ".join(body.decode("utf-8", "replace").split())[:300]
+    return {"status": status, "title": f"HTTP {status}", "detail": text or f"HTTP {status} with no body"}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a retryable failure is tried again, and how long to wait between tries."""
+
+    attempts: int = 4
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"a retry policy needs at least 1 attempt, got {self.attempts}")
+
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait after failed try number `attempt` (1-based): the server's
+        Retry-After (in seconds) when it sent one, else exponential; never over the maximum."""
+        if retry_after is not None and retry_after.strip().isdigit():
+            return float(min(self.max_backoff_s, int(retry_after)))
+        return float(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+
+
+class GatewayClient:
+    """Calls the gateway at `base_url`; one HTTP session, shared safely by worker threads."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 300.0,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"the gateway URL must be http(s)://host[:port], got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- the API ------------------------------------------------------------------------
+
+    def add_image(self, image: Path | bytes, metadata: Mapping[str, Any], *, filename: str = "") -> Indexed:
+        """Store and index one PNG or JPEG (`metadata` needs at least `dataset`)."""
+        response = self._request(
+            "POST",
+            "/api/v1/images",
+            files={"image": _image_part(image, filename)},
+            data={"metadata": json.dumps(dict(metadata))},
+        )
+        return _indexed(response)
+
+    def index_image(self, image_id: int) -> Indexed:
+        """(Re)index a stored image for the active model."""
+        return _indexed(self._request("POST", f"/api/v1/images/{image_id}/index"))
+
+    def search(
+        self,
+        image: Path | bytes,
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        one_per_patient: bool = False,
+        filename: str = "",
+    ) -> SearchResponse:
+        """The `k` indexed images most like the query image, best first."""
+        form = {"k": str(k), "one_per_patient": "true" if one_per_patient else "false"}
+        if filter:
+            form["filter"] = json.dumps(dict(filter))
+        response = self._request(
+            "POST", "/api/v1/search", files={"image": _image_part(image, filename)}, data=form
+        )
+        return cast(SearchResponse, _json(response))
+
+    def pending(
+        self, *, include_failed: bool = False, limit: int = 500, cursor: str | None = None
+    ) -> PendingPage:
+        """One page of the images not indexed for the active model."""
+        params: dict[str, str | int] = {
+            "include_failed": "true" if include_failed else "false",
+            "limit": limit,
+        }
+        if cursor is not None:
+            params["cursor"] = cursor
+        return cast(PendingPage, _json(self._request("GET", "/api/v1/pending", params=params)))
+
+    def iter_pending(self, *, include_failed: bool = False, page_size: int = 500) -> Iterator[Image]:
+        """Every image not indexed for the active model, a page at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.pending(include_failed=include_failed, limit=page_size, cursor=cursor)
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
+
+    def stats(self) -> Stats:
+        """How many images there are, per dataset, and their index state for the active model."""
+        return cast(Stats, _json(self._request("GET", "/api/v1/stats")))
+
+    # -- transport ----------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = self.base_url + path
+        for attempt in range(1, self.retry.attempts + 1):
+            retry_after: str | None = None
+            try:
+                response = self._session.request(method, url, timeout=self.timeout, **kwargs)
+            except requests.Timeout:
+                error = GatewayError(None, {"title": "timeout", "detail": f"no answer from {url} in time"})
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                error = GatewayError(
+                    None, {"title": "unreachable", "detail": f"cannot reach {url}: {_reason(exc)}"}
+                )
+            except requests.RequestException as exc:
+                raise GatewayError(None, {"detail": f"{method} {url}: {exc}"}, retryable=False) from exc
+            else:
+                if response.ok:
+                    return response
+                error = GatewayError(
+                    response.status_code,
+                    problem_of(
+                        response.status_code, response.headers.get("Content-Type", ""), response.content
+                    ),
+                )
+                retry_after = response.headers.get("Retry-After")
+            if not error.retryable or attempt == self.retry.attempts:
+                raise error
+            self._sleep(self.retry.delay(attempt, retry_after))
+        raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _image_part(image: Path | bytes, filename: str) -> tuple[str, bytes, str]:
+    if isinstance(image, Path):
+        data = image.read_bytes()
+        filename = filename or image.name
+    else:
+        data = image
+    filename = filename or "image"
+    return filename, data, _MIME_TYPES.get(Path(filename).suffix.lower(), "application/octet-stream")
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise GatewayError(
+            response.status_code,
+            {"detail": f"the gateway answered {response.status_code} with a body that is not JSON"},
+            retryable=False,
+        ) from None
+
+
+def _indexed(response: requests.Response) -> Indexed:
+    body = _json(response)
+    return Indexed(
+        image=body["image"],
+        model_id=body["model_id"],
+        created=response.status_code == 201,
+        already_indexed=bool(body.get("already_indexed", False)),
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a connection error: `[Errno 111] Connection refused`, not
+    urllib3's whole chain of wrappers."""
+    cause: BaseException = exc
+    for _ in range(10):  # a bound, in case a chain ever loops
+        inner = cause.__cause__ or cause.__context__
+        if inner is None:
+            break
+        cause = inner
+    text = str(cause)
+    # urllib3 prefixes "<connection object at 0x...>: " to the OS error.
+    return text.split(">: ", 1)[-1] if ">: " in text else text

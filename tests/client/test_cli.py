@@ -1,0 +1,216 @@
+"""The command's pure parts: how results are counted and summed up, the exit code, the
+results table, and command lines refused before anything is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from medsearch_client.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Outcome,
+    Tally,
+    describe_failure,
+    format_results,
+    main,
+    outcome_of,
+    report,
+)
+from medsearch_client.client import GatewayError, Image, ImageMetadata, Indexed, SearchHit
+
+# Nothing listens here: a test that reached the network would fail, not pass.
+NOWHERE = "http://127.0.0.1:9"
+
+
+def image(image_id: int = 7, **metadata: Any) -> Image:
+    return {
+        "id": image_id,
+        "metadata": cast(ImageMetadata, {"dataset": "nih", **metadata}),
+        "width": 1024,
+        "height": 1024,
+        "mime_type": "image/png",
+        "byte_size": 1,
+        "sha256": "0" * 64,
+        "created_at": "2026-01-01T00:00:00Z",
+        "index_state": "indexed",
+        "thumbnail_url": f"/api/v1/images/{image_id}/thumbnail",
+        "file_url": f"/api/v1/images/{image_id}/file",
+    }
+
+
+@pytest.mark.parametrize(
+    ("created", "already_indexed", "outcome"),
+    [
+        (True, False, Outcome.NEW),
+        (False, False, Outcome.COMPLETED),
+        (False, True, Outcome.ALREADY_INDEXED),
+    ],
+)
+def test_each_answer_counts_as_what_was_done(created: bool, already_indexed: bool, outcome: Outcome) -> None:
+    assert outcome_of(Indexed(image(), "m1", created, already_indexed)) is outcome
+
+
+def test_summary_line_counts_every_outcome_and_failure() -> None:
+    tally = Tally()
+    for outcome in [Outcome.NEW] * 3 + [Outcome.COMPLETED] + [Outcome.ALREADY_INDEXED] * 2:
+        tally.add(outcome)
+    tally.fail("a.png", "bad")
+
+    assert tally.summary() == "3 new, 1 completed, 2 already indexed, 1 failed"
+    assert Tally().summary() == "0 new, 0 completed, 0 already indexed, 0 failed"
+
+
+def test_exit_code_is_1_when_anything_failed_or_was_not_tried() -> None:
+    tally = Tally()
+    tally.add(Outcome.NEW)
+    assert tally.exit_code() == EXIT_OK
+    tally.fail("a.png", "bad")
+    assert tally.exit_code() == EXIT_FAILED
+    untried = Tally(not_tried=3)
+    assert untried.exit_code() == EXIT_FAILED
+    assert Tally(interrupted=True).exit_code() == EXIT_INTERRUPTED
+
+
+def test_outage_streak_counts_only_failures_in_a_row_that_say_a_service_is_down() -> None:
+    tally = Tally()
+    tally.fail("a", "down", outage=True)
+    tally.fail("b", "down", outage=True)
+    assert tally.outage_streak == 2
+    tally.fail("c", "bad metadata")
+    assert tally.outage_streak == 0
+    tally.fail("d", "down", outage=True)
+    tally.add(Outcome.NEW)
+    assert tally.outage_streak == 0
+
+
+def test_report_prints_the_summary_then_each_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    tally = Tally()
+    tally.add(Outcome.NEW)
+    tally.fail("/data/a.png", "metadata.age must be between 0 and 130, got 300 (HTTP 422)")
+
+    assert report(tally) == EXIT_FAILED
+
+    out, err = capsys.readouterr()
+    assert out == "1 new, 0 completed, 0 already indexed, 1 failed\n"
+    assert err == "failed: /data/a.png: metadata.age must be between 0 and 130, got 300 (HTTP 422)\n"
+
+
+def test_failure_says_the_detail_status_service_and_what_was_kept() -> None:
+    incomplete = GatewayError(
+        503,
+        {
+            "detail": "the search service is unavailable",
+            "dependency": "search",
+            "image_id": 12,
+            "index_state": "pending",
+        },
+    )
+    rejected = GatewayError(
+        422, {"detail": "the model cannot read it", "image_id": 13, "index_state": "failed"}
+    )
+
+    assert (
+        describe_failure(incomplete)
+        == "the search service is unavailable (HTTP 503, search; image 12 pending)"
+    )
+    assert describe_failure(rejected) == "the model cannot read it (HTTP 422; image 13 failed)"
+    assert (
+        describe_failure(GatewayError(None, {"detail": "cannot reach it"})) == "cannot reach it (no answer)"
+    )
+
+
+def test_results_table_has_one_aligned_line_per_hit() -> None:
+    hits: list[SearchHit] = [
+        {
+            "rank": 1,
+            "score": 0.99987,
+            "image": image(
+                12,
+                external_id="00000075_000.png",
+                patient_id="75",
+                age=61,
+                sex="F",
+                view_position="PA",
+                findings=["Cardiomegaly", "Effusion"],
+            ),
+        },
+        {"rank": 2, "score": 0.5, "image": image(3, dataset="hannover", external_id="fff13f3a", findings=[])},
+    ]
+
+    assert format_results(hits).splitlines() == [
+        "rank   score  id  external_id       dataset   patient  age/sex/view  findings",
+        "   1  0.9999  12  00000075_000.png  nih       75       61/F/PA       Cardiomegaly, Effusion",
+        "   2  0.5000   3  fff13f3a          hannover  -        -/-/-         (none)",
+    ]
+
+
+# -- command lines refused before anything is sent ---------------------------------------
+
+
+def test_ingest_of_a_path_that_does_not_exist_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", str(tmp_path / "nowhere"), "--url", NOWHERE]) == EXIT_USAGE
+    assert "neither a folder nor a file" in capsys.readouterr().err
+
+
+def test_ingest_with_an_unknown_map_field_is_a_usage_error(
+    test_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_path = test_data / "covid_hannover" / "labels.csv"
+
+    assert main(["ingest", str(csv_path), "--map", "sex=gender", "--url", NOWHERE]) == EXIT_USAGE
+    assert "unknown field 'gender'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["search", "x.png", "--filter", "{bad"], "not valid JSON"),
+        (["search", "x.png", "--filter", "[1]"], "expected a JSON object"),
+        (["search", "x.png", "--k", "0"], "expected 1 or more"),
+        (["ingest", "x", "--concurrency", "four"], "expected a whole number"),
+        (["ingest", "x", "--format", "dicom"], "invalid choice"),
+        (["reindex", "--bogus"], "unrecognized arguments"),
+        (["stats", "--timeout", "0"], "expected more than 0"),
+        ([], "required: COMMAND"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+
+    assert exit_info.value.code == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_search_of_a_file_that_does_not_exist_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", str(tmp_path / "none.png"), "--url", NOWHERE]) == EXIT_USAGE
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_gateway_url_that_is_not_http_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", "localhost:8080", "stats"]) == EXIT_USAGE
+    assert "http(s)://host[:port]" in capsys.readouterr().err
+
+
+def test_url_before_or_after_the_command_and_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid URL is refused before any call, which shows which URL was taken."""
+    assert main(["--url", "before:1", "stats"]) == EXIT_USAGE
+    assert "'before:1'" in capsys.readouterr().err
+    assert main(["--url", "before:1", "stats", "--url", "after:1"]) == EXIT_USAGE
+    assert "'after:1'" in capsys.readouterr().err
+    monkeypatch.setenv("MEDSEARCH_URL", "env:1")
+    assert main(["stats"]) == EXIT_USAGE
+    assert "'env:1'" in capsys.readouterr().err
