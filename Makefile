@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install run test lint format clean bench-embedder bench-search
+.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ bench-embedder: install
 
 bench-search: install
 	$(BIN)/python benchmarks/bench_search.py
+
+bench-ingest: install
+	$(BIN)/python benchmarks/bench_ingest.py
 
 lint: install
 	$(BIN)/ruff check .

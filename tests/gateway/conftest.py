@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,30 +125,6 @@ def restore_proxies(stack: Stack) -> Iterator[None]:
         proxy.restore()
 
 
-def metadata_of(dataset_folder: str, row: dict[str, str]) -> dict[str, Any]:
-    """A row of a shared labels.csv as catalog metadata."""
-    if dataset_folder == "nih_cxr14":
-        return {
-            "dataset": "nih",
-            "external_id": row["image_index"],
-            "patient_id": row["patient_id"],
-            "study": int(row["follow_up"]),
-            "age": int(row["patient_age"]),
-            "sex": row["patient_gender"].upper(),
-            "view_position": row["view_position"].upper(),
-            "findings": [f for f in row["finding_labels"].split("|") if f != "No Finding"],
-        }
-    return {
-        "dataset": "hannover",
-        "external_id": row["image_id"],
-        "patient_id": row["patient_id"],
-        "sex": row["sex"].upper() or None,
-        "view_position": row["view_position"].upper(),
-        "findings": [row["finding"]],
-        "extra": {"modality": row["modality"]},
-    }
-
-
 def ingest(gateway: str, path: Path, metadata: dict[str, Any]) -> requests.Response:
     with open(path, "rb") as handle:
         return requests.post(
@@ -169,26 +144,53 @@ def search(gateway: str, data: bytes, **form: Any) -> requests.Response:
     )
 
 
+def medsearch(gateway: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `medsearch` command line, as a user runs it."""
+    command = [str(Path(sys.executable).parent / "medsearch"), "--url", gateway, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+
+
+def ingest_shared_sets(gateway: str, test_data: Path) -> list[str]:
+    """NIH's own label file and the Hannover set's generic labels.csv, through the CLI;
+    the summary line of each run."""
+    nih = test_data / "nih_cxr14"
+    runs = [
+        ("ingest", str(nih / "Data_Entry_2017_v2020.csv"), "--images", str(nih / "images")),
+        ("ingest", str(test_data / "covid_hannover" / "labels.csv"), "--dataset", "hannover"),
+    ]
+    summaries = []
+    for args in runs:
+        result = medsearch(gateway, *args, "--concurrency", "4")
+        assert result.returncode == 0, result.stdout + result.stderr
+        summaries.append(result.stdout.strip().splitlines()[-1])
+    return summaries
+
+
 @pytest.fixture(scope="session")
 def indexed(stack: Stack, test_data: Path) -> list[Indexed]:
-    """The NIH and Hannover sets, ingested through the gateway, a few uploads at a time."""
-    jobs = []
-    for folder in SETS:
+    """The NIH and Hannover sets, ingested with `medsearch ingest` through the gateway; in
+    the order of their labels.csv, each with the ID and metadata the gateway gives back."""
+    summaries = ingest_shared_sets(stack.gateway, test_data)
+    assert summaries == [
+        "303 new, 0 completed, 0 already indexed, 0 failed",
+        "104 new, 0 completed, 0 already indexed, 0 failed",
+    ]
+    by_external_id = {}
+    cursor: str | None = ""
+    while cursor is not None:
+        page = requests.get(
+            f"{stack.gateway}/api/v1/images", params={"limit": 500, "cursor": cursor}, timeout=HTTP_TIMEOUT_S
+        ).json()
+        by_external_id.update({image["metadata"]["external_id"]: image for image in page["items"]})
+        cursor = page["next_cursor"]
+    items = []
+    for folder, id_column in (("nih_cxr14", "image_index"), ("covid_hannover", "image_id")):
         with open(test_data / folder / "labels.csv", newline="") as handle:
             for row in csv.DictReader(handle):
-                jobs.append((test_data / folder / row["path"], metadata_of(folder, row)))
-
-    def run(job: tuple[Path, dict[str, Any]]) -> Indexed:
-        path, metadata = job
-        response = ingest(stack.gateway, path, metadata)
-        assert response.status_code in (200, 201), (path.name, response.text)
-        body = response.json()
-        assert body["indexed"] is True and body["image"]["index_state"] == "indexed"
-        return Indexed(path, int(body["image"]["id"]), metadata)
-
-    # Four at a time: the embedder batches concurrent images into one model call.
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(run, jobs))
+                image = by_external_id[row[id_column]]
+                assert image["index_state"] == "indexed"
+                items.append(Indexed(test_data / folder / row["path"], int(image["id"]), image["metadata"]))
+    return items
 
 
 def jpeg_half_size(path: Path) -> bytes:

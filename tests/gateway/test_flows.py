@@ -16,7 +16,16 @@ from typing import Any
 import pytest
 import requests
 
-from tests.gateway.conftest import HTTP_TIMEOUT_S, Indexed, Stack, ingest, jpeg_half_size, search
+from tests.gateway.conftest import (
+    HTTP_TIMEOUT_S,
+    Indexed,
+    Stack,
+    ingest,
+    ingest_shared_sets,
+    jpeg_half_size,
+    medsearch,
+    search,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +180,26 @@ def test_deleting_removes_the_vector_and_the_row(
     hits = hits_of(search(stack.gateway, photo.read_bytes(), k=3))
     assert image_id not in {hit["image"]["id"] for hit in hits}
     assert requests.delete(f"{stack.gateway}/api/v1/images/{image_id}", timeout=30).status_code == 404
+
+
+def test_ingesting_the_same_sets_again_indexes_nothing_new(
+    stack: Stack, indexed: list[Indexed], test_data: Path
+) -> None:
+    assert ingest_shared_sets(stack.gateway, test_data) == [
+        "0 new, 0 completed, 303 already indexed, 0 failed",
+        "0 new, 0 completed, 104 already indexed, 0 failed",
+    ]
+    stats = requests.get(f"{stack.gateway}/api/v1/stats", timeout=HTTP_TIMEOUT_S).json()
+    assert stats["images"] == len(indexed)
+
+
+def test_the_command_line_searches_and_reindexes(stack: Stack, indexed: list[Indexed]) -> None:
+    item = indexed[303]
+    found = medsearch(stack.gateway, "search", str(item.path), "--k", "3", "--json")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["results"][0]["image"]["id"] == item.image_id
+    table = medsearch(stack.gateway, "search", str(item.path), "--k", "3")
+    assert item.metadata["external_id"] in table.stdout and "Random weights" in table.stderr
+    reindexed = medsearch(stack.gateway, "reindex", "--include-failed")
+    assert reindexed.returncode == 0, reindexed.stderr
+    assert reindexed.stdout.strip().splitlines()[-1] == "0 new, 0 completed, 0 already indexed, 0 failed"

@@ -1,0 +1,169 @@
+"""`make bench-ingest`: bulk ingest through the whole system against the raw model, in one run.
+
+Ingest: `medsearch ingest` of NIH's label file for the 303 real 1024² PNGs of
+`../shared/data/nih_cxr14`, into a fresh stack started as `make run` starts it (embedded
+PostgreSQL, Milvus Lite, the four services under honcho) in a temporary folder. Every image
+goes the whole way: upload, catalog (sha256, full decode, thumbnail, PostgreSQL), embedder
+(decode, letterbox, ResNet-50), Milvus upsert, catalog state.
+
+Raw: the same compiled TensorFlow model in this process, at the service's batch size, on the
+same images already decoded and letterboxed: what the model alone can do on this machine.
+It is measured just before and just after the ingest (the mean of the two), while the stack
+sits idle. Both use random weights: speed does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+from machine import free_port, machine
+from numpy.typing import NDArray
+
+from medsearch_embedder.model import load_embedder
+from medsearch_embedder.preprocessing import InputLimits, prepare
+from medsearch_embedder.settings import EmbedderSettings
+from medsearch_embedder.weights import WeightsSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("gateway", "embedder", "search", "catalog")
+FULL_DATASET = 112_120
+TARGET = 0.8
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("MEDSEARCH_TEST_DATA", REPO_ROOT.parent / "shared" / "data")),
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="uploads in flight (medsearch ingest)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "ingest.json")
+    args = parser.parse_args()
+
+    nih = args.data / "nih_cxr14"
+    paths = sorted((nih / "images").glob("*.png"))
+    inputs = np.stack([prepare(path.read_bytes(), InputLimits(10**9, 10**9)) for path in paths])
+    batch = EmbedderSettings.from_environ({}).max_batch
+    raw = load_embedder(WeightsSpec("random", seed=42), device="auto", precision="float32", max_batch=batch)
+    raw.embed(inputs[:batch])  # warm, untimed
+
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as folder:
+        ports = {name: free_port() for name in SERVICES}
+        gateway = f"http://127.0.0.1:{ports['gateway']}"
+        stack = start_stack(Path(folder), ports)
+        try:
+            wait_ready(gateway, stack)
+            model = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["model"]
+            raw_before = raw_rate(raw.embed, inputs, batch)
+            print(f"bench-ingest: raw model {raw_before:.2f} img/s at batch {batch}", flush=True)
+            started = time.perf_counter()
+            result = subprocess.run(
+                [
+                    str(Path(sys.executable).parent / "medsearch"),
+                    "--url",
+                    gateway,
+                    "ingest",
+                    str(nih / "Data_Entry_2017_v2020.csv"),
+                    "--images",
+                    str(nih / "images"),
+                    "--concurrency",
+                    str(args.concurrency),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            ingest_s = time.perf_counter() - started
+            summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+            if result.returncode != 0 or not summary.startswith(f"{len(paths)} new"):
+                sys.exit(f"bench-ingest: the ingest failed: {summary}\n{result.stderr[-3000:]}")
+            raw_after = raw_rate(raw.embed, inputs, batch)
+        finally:
+            os.killpg(stack.pid, signal.SIGINT)
+            stack.wait(timeout=120)
+
+    raw_mean = (raw_before + raw_after) / 2
+    ingest_rate = len(paths) / ingest_s
+    ratio = ingest_rate / raw_mean
+    report: dict[str, Any] = {
+        "benchmark": "ingest",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": model,
+        "images": len(paths),
+        "settings": {
+            "concurrency": args.concurrency,
+            "raw_batch": batch,
+            "stack": "make run (scripts/run.py)",
+        },
+        "summary": summary,
+        "ingest_seconds": round(ingest_s, 1),
+        "ingest_images_per_s": round(ingest_rate, 2),
+        "raw_images_per_s": {
+            "before": round(raw_before, 2),
+            "after": round(raw_after, 2),
+            "mean": round(raw_mean, 2),
+        },
+        "ratio_ingest_to_raw": round(ratio, 3),
+        "target_ratio": TARGET,
+        "full_dataset_hours_here": round(FULL_DATASET / ingest_rate / 3600, 1),
+    }
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"bench-ingest: {len(paths)} images in {ingest_s:.0f} s = {ingest_rate:.2f} img/s; raw model "
+        f"{raw_mean:.2f} img/s; ratio {ratio:.2f} (target {TARGET}); all of ChestX-ray14 here: "
+        f"{report['full_dataset_hours_here']} h"
+    )
+
+
+def start_stack(folder: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
+    env = {key: value for key, value in os.environ.items() if key != "MEDSEARCH_DATABASE_URL"}
+    env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS="random:42")
+    log = open(folder / "run.log", "wb")  # open for the stack's whole life
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "scripts" / "run.py")],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # its own process group, so that SIGINT reaches every service
+    )
+
+
+def wait_ready(gateway: str, stack: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if stack.poll() is not None:
+            sys.exit("bench-ingest: the stack stopped while starting")
+        try:
+            if requests.get(f"{gateway}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    sys.exit("bench-ingest: the stack was not ready within 600 s")
+
+
+def raw_rate(embed: Any, inputs: NDArray[np.uint8], batch: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(inputs), batch):
+        embed(inputs[start : start + batch])
+    return len(inputs) / (time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
