@@ -25,8 +25,18 @@ def machine(**versions: str) -> dict[str, Any]:
         ),
         platform.processor(),
     )
+    flags = next(
+        (
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        ),
+        [],
+    )
     return {
         "cpu": cpu,
+        # Machines of one kind differ here, and TensorFlow's speed with them.
+        "simd": [flag for flag in ("avx", "avx2", "avx512f", "fma") if flag in flags],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
