@@ -22,6 +22,7 @@ START_TIMEOUT_S = 600
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # honcho stopping everything
     urls = {name: f"http://127.0.0.1:{os.environ[f'MEDSEARCH_{name.upper()}_PORT']}" for name in SERVICES}
     deadline = time.monotonic() + START_TIMEOUT_S
     for name, url in urls.items():
@@ -37,7 +38,6 @@ def main() -> int:
         medsearch = Path(sys.executable).parent / "medsearch"
         result = subprocess.run([str(medsearch), "ingest", seed, "--url", urls["gateway"]], check=False)
         print(f"ready: seeding finished with exit code {result.returncode}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # honcho stopping everything
     signal.pause()
     return 0
 
