@@ -257,6 +257,15 @@ def test_a_pending_image_is_listed_and_indexed_on_request(
         assert hit["image"]["id"] == image_id and hit["score"] > 0.999
         again = requests.post(f"{stack.gateway}/api/v1/images/{image_id}/index", timeout=HTTP_TIMEOUT_S)
         assert again.json()["already_indexed"] is True
+        # Forced: the vector is written again even though the catalog says it is there.
+        model_id = pending["model_id"]
+        requests.delete(f"{stack.urls['search']}/v1/models/{model_id}/vectors/{image_id}", timeout=30)
+        forced = requests.post(
+            f"{stack.gateway}/api/v1/images/{image_id}/index?force=true", timeout=HTTP_TIMEOUT_S
+        )
+        assert forced.status_code == 200 and forced.json()["already_indexed"] is False
+        vector = requests.get(f"{stack.urls['search']}/v1/models/{model_id}/vectors/{image_id}", timeout=30)
+        assert vector.status_code == 200
     finally:
         requests.delete(f"{stack.gateway}/api/v1/images/{image_id}", timeout=HTTP_TIMEOUT_S)
     problem(requests.post(f"{stack.gateway}/api/v1/images/{image_id}/index", timeout=30), 404)

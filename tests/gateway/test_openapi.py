@@ -264,6 +264,15 @@ def test_index_and_pending_answers(gateway: FlaskClient, indexed: list[Indexed])
     done = gateway.post(f"/api/v1/images/{item.image_id}/index")
     assert done.status_code == 200
     assert check(done, "/api/v1/images/{image_id}/index", "post")["already_indexed"] is True
+    forced = gateway.post(f"/api/v1/images/{item.image_id}/index?force=true")
+    assert check(forced, "/api/v1/images/{image_id}/index", "post")["already_indexed"] is False
+    problem(
+        gateway.post(f"/api/v1/images/{item.image_id}/index?force=maybe"),
+        "/api/v1/images/{image_id}/index",
+        "post",
+        400,
+        "invalid-request",
+    )
     pending = gateway.get("/api/v1/pending?include_failed=true&limit=5")
     assert pending.status_code == 200
     check(pending, "/api/v1/pending", "get")

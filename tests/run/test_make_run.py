@@ -116,5 +116,21 @@ def test_run_seed_stop_and_start_again_with_the_same_data(tmp_path: Path, test_d
         assert stats["images"] == len(images) and stats["index"]["indexed"] == len(images)
         again = search(gateway, images[0])
         assert [hit["image"]["id"] for hit in again] == [hit["image"]["id"] for hit in first]
+        # A Milvus that lost a vector: `medsearch reindex --all` writes every one again.
+        lost = again[0]["image"]["id"]
+        model_id = stats["model"]["model_id"]
+        search_url = f"http://127.0.0.1:{ports['search']}/v1/models/{model_id}/vectors/{lost}"
+        assert requests.delete(search_url, timeout=30).status_code == 204
+        assert lost not in [hit["image"]["id"] for hit in search(gateway, images[0])]
+        medsearch = Path(sys.executable).parent / "medsearch"
+        reindexed = subprocess.run(
+            [str(medsearch), "--url", gateway, "reindex", "--all"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert reindexed.returncode == 0, reindexed.stderr
+        assert reindexed.stdout.strip().splitlines()[-1] == "0 new, 4 completed, 0 already indexed, 0 failed"
+        assert search(gateway, images[0])[0]["image"]["id"] == lost
         ctrl_c(process, log)
     assert "ready: MedSearch is up at" in log.read_text()

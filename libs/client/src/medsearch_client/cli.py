@@ -193,9 +193,14 @@ def ingest(args: argparse.Namespace, client: GatewayClient) -> int:
 def reindex(args: argparse.Namespace, client: GatewayClient) -> int:
     model = _active_model(client)
     # All pages first: indexing while paging would move the pages under the cursor.
-    images = list(client.iter_pending(include_failed=args.include_failed))
+    if args.all:
+        images = list(client.iter_images())
+    else:
+        images = list(client.iter_pending(include_failed=args.include_failed))
     print(f"{len(images)} images to index for model {model}", file=sys.stderr)
-    jobs = [Job(_image_name(image), partial(client.index_image, image["id"])) for image in images]
+    jobs = [
+        Job(_image_name(image), partial(client.index_image, image["id"], force=args.all)) for image in images
+    ]
     return report(run_jobs(jobs, args.concurrency, "reindex"))
 
 
@@ -403,7 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Index every stored image that is not indexed for the active model (never, or "
         "left pending by a failure): completes interrupted ingests and fills a new model's index.",
     )
-    cmd.add_argument("--include-failed", action="store_true", help="retry images that failed before too")
+    which = cmd.add_mutually_exclusive_group()
+    which.add_argument("--include-failed", action="store_true", help="retry images that failed before too")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every stored image, even those the catalog says are indexed (a new or emptied Milvus)",
+    )
     cmd.add_argument("--concurrency", type=_positive_int, default=4, help="parallel requests (default 4)")
     cmd.set_defaults(handler=reindex)
 

@@ -204,9 +204,10 @@ class GatewayClient:
         )
         return _indexed(response)
 
-    def index_image(self, image_id: int) -> Indexed:
-        """(Re)index a stored image for the active model."""
-        return _indexed(self._request("POST", f"/api/v1/images/{image_id}/index"))
+    def index_image(self, image_id: int, *, force: bool = False) -> Indexed:
+        """(Re)index a stored image for the active model; `force` even when it is indexed."""
+        params = {"force": "true"} if force else None
+        return _indexed(self._request("POST", f"/api/v1/images/{image_id}/index", params=params))
 
     def search(
         self,
@@ -237,6 +238,19 @@ class GatewayClient:
         if cursor is not None:
             params["cursor"] = cursor
         return cast(PendingPage, _json(self._request("GET", "/api/v1/pending", params=params)))
+
+    def iter_images(self, *, page_size: int = 500) -> Iterator[Image]:
+        """Every stored image, a page at a time."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, str | int] = {"limit": page_size}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = _json(self._request("GET", "/api/v1/images", params=params))
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
 
     def iter_pending(self, *, include_failed: bool = False, page_size: int = 500) -> Iterator[Image]:
         """Every image not indexed for the active model, a page at a time."""

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from medsearch_gateway.errors import InvalidRequest
-from medsearch_gateway.orchestration import Gateway, Hit, Ingested, SearchRequest, Upload
+from medsearch_gateway.orchestration import Gateway, Hit, Ingested, SearchRequest, Upload, parse_flag
 
 GATEWAY_EXTENSION = "medsearch_gateway"
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -78,7 +78,9 @@ def add_image() -> tuple[Response, int]:
 @blueprint.post("/images/<image_id>/index")
 def index_image(image_id: str) -> Response:
     """(Re)index a stored image for the active model: what `medsearch reindex` calls."""
-    return jsonify(_ingested_json(_gateway().index(parse_image_id(image_id))))
+    _refuse_unknown_params({"force"})
+    force = parse_flag("force", request.args.get("force"))
+    return jsonify(_ingested_json(_gateway().index(parse_image_id(image_id), force=force)))
 
 
 @blueprint.get("/pending")

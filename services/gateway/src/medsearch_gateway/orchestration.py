@@ -89,7 +89,9 @@ class SearchRequest:
     @classmethod
     def parse(cls, k: str | None, filter_json: str | None, one_per_patient: str | None) -> SearchRequest:
         return cls(
-            k=_parse_k(k), filter=_parse_filter(filter_json), one_per_patient=_parse_flag(one_per_patient)
+            k=_parse_k(k),
+            filter=_parse_filter(filter_json),
+            one_per_patient=parse_flag("one_per_patient", one_per_patient),
         )
 
 
@@ -113,12 +115,12 @@ def _parse_filter(raw: str | None) -> dict[str, Any]:
     return value  # the search service checks every field and value, and says what is wrong
 
 
-def _parse_flag(raw: str | None) -> bool:
+def parse_flag(name: str, raw: str | None) -> bool:
     if raw is None or raw.strip() == "":
         return False
     value = raw.strip().lower()
     if value not in ("true", "false", "1", "0", "on", "off"):
-        raise InvalidRequest(f"one_per_patient must be true or false, got {raw[:20]!r}")
+        raise InvalidRequest(f"{name} must be true or false, got {raw[:20]!r}")
     return value in ("true", "1", "on")
 
 
@@ -350,22 +352,26 @@ class Gateway:
         image, created = self.catalog.add(upload, metadata_json)
         return self._index(image, upload, created=created)
 
-    def index(self, image_id: int) -> Ingested:
-        """(Re)index a stored image for the active model, from the catalog's own bytes."""
+    def index(self, image_id: int, *, force: bool = False) -> Ingested:
+        """(Re)index a stored image for the active model, from the catalog's own bytes;
+        `force` even when the catalog says it is indexed (a new or emptied Milvus)."""
         image = self.catalog.image(image_id)
         stored = self.catalog.file(image_id, thumbnail=False, if_none_match=None)
-        return self._index(image, Upload.check(stored.content, len(stored.content)), created=False)
+        upload = Upload.check(stored.content, len(stored.content))
+        return self._index(image, upload, created=False, force=force)
 
     def pending(self, params: list[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
         """A page of the images the active model has not indexed (failed ones when asked)."""
         model_id: str = self.embedder.model()["model_id"]
         return model_id, self.catalog.page(params, path=f"/v1/models/{model_id}/pending")
 
-    def _index(self, image: dict[str, Any], upload: Upload, *, created: bool) -> Ingested:
+    def _index(
+        self, image: dict[str, Any], upload: Upload, *, created: bool, force: bool = False
+    ) -> Ingested:
         image_id = int(image["id"])
         stage = self.settings.embedder.name
         try:
-            if not created:
+            if not created and not force:
                 model_id = self.embedder.model()["model_id"]
                 if image["index_states"].get(model_id, {}).get("state") == "indexed":
                     return Ingested(image, created, model_id, already_indexed=True)
