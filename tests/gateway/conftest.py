@@ -12,12 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,12 @@ import pytest
 import requests
 
 from tests.conftest import fresh_database
-from tests.support.processes import free_port, wait_ready
+from tests.support.processes import service_process, wait_ready
 from tests.support.proxy import CuttableProxy
 
 SEED = 42
 # Generous: these guard against a hang, they do not measure speed.
 START_GUARD_S = 180.0
-STOP_GUARD_S = 30.0
 HTTP_TIMEOUT_S = 120.0
 SETS = ("nih_cxr14", "covid_hannover")
 EMBEDDER_MAX_PIXELS = 2048 * 2048
@@ -55,29 +52,6 @@ class Indexed:
     metadata: dict[str, Any]
 
 
-@contextmanager
-def service(name: str, env: dict[str, str], logs: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    log_path = logs / f"{name}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"medsearch_{name}"],
-            env={**os.environ, **env, "MEDSEARCH_PORT": str(port)},
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_GUARD_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_GUARD_S)
-
-
 @pytest.fixture(scope="session")
 def stack(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("stack")
@@ -95,7 +69,10 @@ def stack(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     with ExitStack() as stack_of:
         # A database of its own: the catalog's tests leave images in the session's database.
         envs["catalog"]["MEDSEARCH_DATABASE_URL"] = stack_of.enter_context(fresh_database(postgres_admin_url))
-        started = {name: stack_of.enter_context(service(name, env, logs)) for name, env in envs.items()}
+        started = {
+            name: stack_of.enter_context(service_process(name, env, logs / f"{name}.log"))
+            for name, env in envs.items()
+        }
         for name, (process, url) in started.items():
             wait_ready(url, process, logs / f"{name}.log", START_GUARD_S)
         urls = {name: url for name, (_, url) in started.items()}
@@ -109,11 +86,12 @@ def stack(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
             f"MEDSEARCH_{name.upper()}_URL": f"http://127.0.0.1:{proxy.port}"
             for name, proxy in proxies.items()
         }
-        # Short timeouts, so that the outage tests see the 503s and 504s quickly.
+        # Longer than the defaults: on a loaded 2-core machine a slow answer must not become a 504.
         gateway_env["MEDSEARCH_GATEWAY_SEARCH_TIMEOUT_S"] = "30"
         gateway_env["MEDSEARCH_GATEWAY_CATALOG_TIMEOUT_S"] = "30"
-        process, gateway = stack_of.enter_context(service("gateway", gateway_env, logs))
-        wait_ready(gateway, process, logs / "gateway.log", START_GUARD_S)
+        gateway_log = logs / "gateway.log"
+        process, gateway = stack_of.enter_context(service_process("gateway", gateway_env, gateway_log))
+        wait_ready(gateway, process, gateway_log, START_GUARD_S)
         yield Stack(gateway=gateway, proxies=proxies, urls=urls, logs=logs)
 
 

@@ -8,8 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import requests
 
 from tests.search.conftest import unit_vectors
-from tests.support.processes import free_port, wait_ready
+from tests.support.processes import free_port, service_process, wait_ready
 
 SECRET_PATIENT = "PATIENT-SECRET-4711"
 SECRET_EXCLUDED = "EXCLUDED-SECRET-0815"
@@ -29,25 +28,9 @@ STOP_GUARD_S = 30.0
 HTTP_TIMEOUT_S = 30.0
 
 
-@contextmanager
-def search_process(uri: str, log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def search_process(uri: str, log_path: Path) -> AbstractContextManager[tuple[subprocess.Popen[bytes], str]]:
     """The search service as a gunicorn process on `uri`; stopped at the end if the test did not."""
-    port = free_port()
-    env = {**os.environ, "MEDSEARCH_PORT": str(port), "MEDSEARCH_MILVUS_URI": uri}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "medsearch_search"], env=env, stderr=log, stdout=log
-        )
-    try:
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_GUARD_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_GUARD_S)
+    return service_process("search", {"MEDSEARCH_MILVUS_URI": uri}, log_path, stop_guard_s=STOP_GUARD_S)
 
 
 def stop(process: subprocess.Popen[bytes], log_path: Path) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -14,6 +19,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def service_process(
+    name: str, env: Mapping[str, str], log_path: Path, *, stop_guard_s: float = 30.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m medsearch_<name>` on a free port, `env` added to ours, its output in `log_path`;
+    yields the process and its base URL, and stops it at the end if the test did not."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"medsearch_{name}"],
+            env={**os.environ, **env, "MEDSEARCH_PORT": str(port)},
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=stop_guard_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=stop_guard_s)
 
 
 def wait_ready(
