@@ -91,7 +91,7 @@ def build_app(
             "unmapped-subclass": MyUnmappedError("Item 3 conflicts."),
             "extensions": ImageRejected("Not a chest X-ray.", ["too small", "not grayscale"]),
             "dependency": DependencyDown("database is down"),
-            "unavailable": UpstreamUnavailable("embedder", "embedder is unreachable at http://127.0.0.1:1"),
+            "unavailable": UpstreamUnavailable("embedder", "embedder is unreachable"),
             "timeout": UpstreamTimeout("embedder", "embedder did not answer within 10 s"),
             "failed": UpstreamFailed("embedder", "embedder failed with HTTP 500: boom"),
             "rejected": UpstreamRejected("search", 422, {"status": 422, "detail": "k must be 1-100"}),

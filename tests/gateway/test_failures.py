@@ -203,6 +203,7 @@ def test_a_service_down_is_a_503_naming_it(
     stack.proxies[down].cut()
     body = problem(search(stack.gateway, query, k=3), 503)
     assert body["dependency"] == down and down in body["detail"]
+    assert "127.0.0.1" not in body["detail"]  # internal addresses stay in the logs
     ready = problem(requests.get(f"{stack.gateway}/readyz", timeout=HTTP_TIMEOUT_S), 503)
     assert ready["checks"][down] != "ok"
     stack.proxies[down].restore()

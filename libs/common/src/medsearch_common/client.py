@@ -146,9 +146,8 @@ class ServiceClient:
                         self.service, f"{self.service} did not answer within {timeout[1]} s"
                     )
                 else:
-                    error = UpstreamUnavailable(
-                        self.service, f"{self.service} is unreachable at {self.base_url}"
-                    )
+                    # The address stays in the log: the gateway shows this detail to the public.
+                    error = UpstreamUnavailable(self.service, f"{self.service} is unreachable")
             except requests.RequestException as exc:
                 # e.g. a body cut short: the service broke off its answer.
                 error = UpstreamFailed(
@@ -162,7 +161,13 @@ class ServiceClient:
                     raise error
             log.warning(
                 "upstream call failed",
-                extra={"upstream": self.service, "method": method, "attempt": attempt, "error": str(error)},
+                extra={
+                    "upstream": self.service,
+                    "url": self.base_url,
+                    "method": method,
+                    "attempt": attempt,
+                    "error": str(error),
+                },
             )
         assert error is not None
         raise error
