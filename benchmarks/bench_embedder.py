@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine
+from machine import free_port, machine, shared_data
 
 from medsearch_embedder.model import load_embedder
 from medsearch_embedder.preprocessing import InputLimits, prepare
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=Path(os.environ.get("MEDSEARCH_TEST_DATA", REPO_ROOT.parent / "shared" / "data")),
+        default=shared_data(),
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=64, help="images per measurement")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine
+from machine import free_port, machine, shared_data
 from numpy.typing import NDArray
 
 from medsearch_embedder.model import load_embedder
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=Path(os.environ.get("MEDSEARCH_TEST_DATA", REPO_ROOT.parent / "shared" / "data")),
+        default=shared_data(),
     )
     parser.add_argument("--concurrency", type=int, default=8, help="uploads in flight (medsearch ingest)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "ingest.json")

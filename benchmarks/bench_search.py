@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine
+from machine import free_port, machine, shared_data
 from numpy.typing import NDArray
 from pymilvus import MilvusClient
 
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=Path(os.environ.get("MEDSEARCH_TEST_DATA", REPO_ROOT.parent / "shared" / "data")),
+        default=shared_data(),
     )
     parser.add_argument("--rows", type=int, default=0, help="use only the first N images (0 = all)")
     parser.add_argument("--rounds", type=int, default=3)

@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
+def shared_data() -> Path:
+    """The real X-rays: MEDSEARCH_TEST_DATA, else ../shared/data beside the repository."""
+    return Path(
+        os.environ.get("MEDSEARCH_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

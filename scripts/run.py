@@ -40,7 +40,6 @@ def main() -> int:
                 f"MEDSEARCH_{name.upper()}_URL", f"http://127.0.0.1:{env[f'MEDSEARCH_{name.upper()}_PORT']}"
             )
     env.setdefault("MEDSEARCH_MILVUS_URI", str(data / "milvus.db"))
-    env.setdefault("MEDSEARCH_GATEWAY_URL", f"http://127.0.0.1:{env['MEDSEARCH_GATEWAY_PORT']}")
     postgres = None
     if not env.get("MEDSEARCH_DATABASE_URL"):
         postgres = start_postgres(data / "postgres")

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO_ROOT
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +50,6 @@ def make_run(data: Path, ports: dict[str, int], log: Path, **extra: str) -> Iter
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=STOP_GUARD_S)
-
-
-def wait_for(gateway: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_GUARD_S
-    while True:
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        try:
-            if requests.get(f"{gateway}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
 
 
 def ctrl_c(process: subprocess.Popen[bytes], log: Path) -> None:
@@ -98,7 +85,7 @@ def test_run_seed_stop_and_start_again_with_the_same_data(tmp_path: Path, test_d
     gateway = f"http://127.0.0.1:{ports['gateway']}"
 
     with make_run(data, ports, log, MEDSEARCH_SEED_DIR=str(seed)) as process:
-        wait_for(gateway, process, log)
+        wait_ready(gateway, process, log, START_GUARD_S)
         deadline = time.monotonic() + START_GUARD_S
         while requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["index"]["indexed"] < len(images):
             assert time.monotonic() < deadline, log.read_text()
@@ -111,7 +98,7 @@ def test_run_seed_stop_and_start_again_with_the_same_data(tmp_path: Path, test_d
 
     # Started again (seeding again too): the same images, nothing added twice.
     with make_run(data, ports, log, MEDSEARCH_SEED_DIR=str(seed)) as process:
-        wait_for(gateway, process, log)
+        wait_ready(gateway, process, log, START_GUARD_S)
         stats = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()
         assert stats["images"] == len(images) and stats["index"]["indexed"] == len(images)
         again = search(gateway, images[0])
