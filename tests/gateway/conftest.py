@@ -1,6 +1,6 @@
 """The whole system for gateway tests: four real services as processes talking HTTP.
 
-PostgreSQL (a throwaway database), Milvus Lite (a temporary folder), TensorFlow with
+PostgreSQL (a throwaway database), the embedded Milvus server (the session's), TensorFlow with
 `random:42` weights, and the gateway under gunicorn. The gateway reaches each service
 through a TCP proxy that a test can cut, so "a service is down" is real without stopping
 the process. The NIH and Hannover sets of the shared data are ingested once, through the
@@ -53,7 +53,9 @@ class Indexed:
 
 
 @pytest.fixture(scope="session")
-def stack(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    postgres_admin_url: str, milvus_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("stack")
     logs = folder / "logs"
     logs.mkdir()
@@ -64,7 +66,7 @@ def stack(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
             "MEDSEARCH_EMBEDDER_WEIGHTS": f"random:{SEED}",
             "MEDSEARCH_EMBEDDER_MAX_IMAGE_PIXELS": str(EMBEDDER_MAX_PIXELS),
         },
-        "search": {"MEDSEARCH_MILVUS_URI": str(folder / "milvus.db")},
+        "search": {"MEDSEARCH_MILVUS_URI": "http://{}:{}".format(*milvus_server)},
     }
     with ExitStack() as stack_of:
         # A database of its own: the catalog's tests leave images in the session's database.

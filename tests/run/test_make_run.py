@@ -6,63 +6,22 @@ test machine's server): what a new user gets, minus the ImageNet download.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT
+from tests.support.make_run import SERVICES, ctrl_c, make_run
 from tests.support.processes import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
 START_GUARD_S = 300.0
-STOP_GUARD_S = 60.0
-SERVICES = ("gateway", "embedder", "search", "catalog")
-
-
-@contextmanager
-def make_run(data: Path, ports: dict[str, int], log: Path, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {key: value for key, value in os.environ.items() if key != "MEDSEARCH_DATABASE_URL"}
-    env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
-    env.update(MEDSEARCH_DATA_DIR=str(data), MEDSEARCH_EMBEDDER_WEIGHTS="random:42", **extra)
-    with open(log, "ab") as out:
-        # Its own process group, as a terminal would give it: Ctrl-C goes to the whole group.
-        process = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "scripts" / "run.py")],
-            env=env,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_GUARD_S)
-
-
-def ctrl_c(process: subprocess.Popen[bytes], log: Path) -> None:
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        code = process.wait(timeout=STOP_GUARD_S)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"still running {STOP_GUARD_S} s after Ctrl-C:\n{log.read_text()}") from None
-    # 130: interrupted, as a shell reports Ctrl-C; every service must have stopped cleanly.
-    assert code == 130, log.read_text()
-    stops = log.read_text().split("sending SIGTERM")[-1]
-    for name in SERVICES:
-        assert f"{name}.1 stopped (rc=0)" in stops, log.read_text()
 
 
 def search(gateway: str, path: Path) -> list[dict[str, Any]]:
@@ -81,7 +40,7 @@ def test_run_seed_stop_and_start_again_with_the_same_data(tmp_path: Path, test_d
     for image in images:
         shutil.copy(image, seed / image.name)
     data, log = tmp_path / "data", tmp_path / "run.log"
-    ports = {name: free_port() for name in SERVICES}
+    ports = {name: free_port() for name in (*SERVICES, "milvus")}
     gateway = f"http://127.0.0.1:{ports['gateway']}"
 
     with make_run(data, ports, log, MEDSEARCH_SEED_DIR=str(seed)) as process:
@@ -93,7 +52,7 @@ def test_run_seed_stop_and_start_again_with_the_same_data(tmp_path: Path, test_d
         first = search(gateway, images[0])
         assert first[0]["image"]["metadata"]["dataset"] == "seed"
         ctrl_c(process, log)
-    assert (data / "postgres").is_dir() and (data / "milvus.db").exists()
+    assert (data / "postgres").is_dir() and (data / "milvus" / "data").is_dir()
     assert not list((data / "postgres").glob("postmaster.pid")), "the embedded PostgreSQL still runs"
 
     # Started again (seeding again too): the same images, nothing added twice.

@@ -1,13 +1,12 @@
 """Search fixtures: the service on both real backends, Milvus Lite and a Milvus server.
 
-The server is the embedded Milvus 2.3 of the PyPI package `milvus`, started once per test
-session in a temporary folder and reached through a TCP proxy that outage tests can cut.
+The server is the embedded Milvus 2.3 engine (tests/conftest.py's `milvus_server`, shared by
+every test level) reached through a TCP proxy that outage tests can cut.
 Each test writes under its own model_id, so tests never see each other's vectors.
 """
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,27 +25,6 @@ from medsearch_search.settings import SearchSettings
 from tests.support.proxy import CuttableProxy
 
 BACKENDS = ("lite", "server")
-
-
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """A real Milvus server process (standalone, embedded etcd and local storage)."""
-    from milvus import MilvusServer
-
-    # Its embedded etcd always takes 2379/2380: one such server per machine at a time.
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 2380)) == 0:
-            pytest.fail("port 2380 is taken: another embedded Milvus (etcd) server runs on this machine")
-    server = MilvusServer()
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-    try:
-        server.start()
-    except Exception as exc:
-        server.stop()
-        pytest.fail(f"the embedded Milvus server did not start: {exc}")
-    yield "127.0.0.1", server.listen_port
-    # Through its Python API: a SIGTERM to a wrapper would orphan the server process.
-    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -267,11 +267,12 @@ def test_delete_removes_from_get_and_search_and_is_idempotent(search: FlaskClien
     assert model is not None and model["count"] == len(vectors) - 1
 
 
-def test_a_write_is_found_by_the_next_search(search: FlaskClient, model_id: str) -> None:
+@pytest.mark.parametrize("consistency", ["session", "strong"])
+def test_a_write_is_found_by_the_next_search(search: FlaskClient, model_id: str, consistency: str) -> None:
     vectors = unit_vectors(6, 16, seed=21)
     for i, vector in enumerate(vectors, start=1):
         assert upsert(search, model_id, [{"id": i, "vector": vector.tolist()}]).status_code == 200
-        assert search_ids(search, model_id, vector, k=1) == [i]
+        assert search_ids(search, model_id, vector, k=1, consistency=consistency) == [i]
 
 
 def test_vectors_are_stored_at_unit_length(search: FlaskClient, model_id: str) -> None:

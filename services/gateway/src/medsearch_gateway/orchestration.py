@@ -31,9 +31,10 @@ from medsearch_gateway.settings import GatewaySettings, Upstream
 MAX_K = 100
 # The attributes the search service filters on, copied from the catalog's metadata.
 FILTER_ATTRIBUTES = ("dataset", "patient_id", "sex", "age", "view_position", "findings")
-# Search hits come back ranked; strong consistency is for ingest-then-search callers, and
-# on a Milvus server it waits ~200 ms for a time tick. Interactive search does not need it.
-SEARCH_CONSISTENCY = "bounded"
+# Session: a search sees every image this search service indexed before it (ingest, then
+# search at once, finds it), and waits for a time tick only right after a write; strong
+# would wait for one on every search, bounded could miss an image just added.
+SEARCH_CONSISTENCY = "session"
 
 _READY_TIMEOUT_S = 2.0
 # The model description is answered from memory: a hung embedder must not hold up the

@@ -24,6 +24,7 @@ from medsearch_search.settings import SearchSettings
 from medsearch_search.store import MODEL_ID, Collection, Hit, MilvusStore, StoredVector
 
 MAX_K = 100
+CONSISTENCY_LEVELS = ("session", "strong", "bounded")
 MAX_DIM = 32_768  # Milvus's own limit on a float vector
 _MAX_ID = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also takes superscripts and other scripts
@@ -35,7 +36,7 @@ class SearchRequest:
     k: int
     filter: SearchFilter
     one_per_patient: bool
-    strong: bool
+    consistency: str
 
 
 class SearchService:
@@ -101,7 +102,7 @@ class SearchService:
             request.k,
             request.filter,
             one_per_patient=request.one_per_patient,
-            strong=request.strong,
+            consistency=request.consistency,
         )
 
     def parse_search(self, body: Any, dim: int | None) -> SearchRequest:
@@ -124,13 +125,13 @@ class SearchService:
         one_per_patient = body.get("one_per_patient", False)
         if not isinstance(one_per_patient, bool):
             raise InvalidRequest(f"one_per_patient must be true or false, got {json_text(one_per_patient)}")
-        consistency = body.get("consistency", "strong")
-        if consistency not in ("strong", "bounded"):
-            raise InvalidRequest(f'consistency must be "strong" or "bounded", got {json_text(consistency)}')
+        consistency = body.get("consistency", "session")
+        if consistency not in CONSISTENCY_LEVELS:
+            raise InvalidRequest(
+                f'consistency must be "session", "strong" or "bounded", got {json_text(consistency)}'
+            )
         vectors = parse_vectors(raw, "vectors", dim)
-        return SearchRequest(
-            vectors, k, parse_filter(body.get("filter")), one_per_patient, consistency == "strong"
-        )
+        return SearchRequest(vectors, k, parse_filter(body.get("filter")), one_per_patient, consistency)
 
     def model(self, model_id: str) -> dict[str, Any]:
         return self._describe(self._collection(model_id))

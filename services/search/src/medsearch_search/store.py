@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,6 +114,14 @@ class MilvusStore:
         self._grouping = False
         self._lite_engine = settings.is_lite  # known for sure once connected (a Lite server has a URL)
         self._collections: dict[str, Collection] = {}
+        # Milvus Lite 3.x appends concurrent writes to its write-ahead log unserialized: with 8
+        # threads upserting, the log's Arrow stream interleaves, and after a kill -9 recovery
+        # keeps only its valid prefix (1 of 104 acknowledged upserts, measured). One writer at
+        # a time makes every acknowledged write survive; servers need no such lock.
+        self._lite_write_lock = threading.Lock()
+        # Collections this process has seen whole: after one write or one strong read here, a
+        # session read sees everything acknowledged before it (see search()).
+        self._caught_up: set[str] = set()
 
     @property
     def backend(self) -> str:
@@ -226,7 +235,9 @@ class MilvusStore:
             {"id": i, "vector": vector.tolist(), "patient_key": _patient_key(i, attrs), **attrs.to_row()}
             for i, vector, attrs in zip(ids, vectors, attributes, strict=True)
         ]
-        self._call("upsert vectors", lambda c: c.upsert(collection.name, rows, timeout=self._timeout))
+        with self._write_guard():
+            self._call("upsert vectors", lambda c: c.upsert(collection.name, rows, timeout=self._timeout))
+        self._caught_up.add(collection.name)
 
     def get(self, collection: Collection, vector_id: int) -> StoredVector | None:
         rows = self._call(
@@ -244,9 +255,10 @@ class MilvusStore:
         return StoredVector(int(row["id"]), [float(x) for x in row["vector"]], Attributes.from_row(row))
 
     def delete(self, collection: Collection, vector_id: int) -> None:
-        self._call(
-            "delete a vector", lambda c: c.delete(collection.name, ids=[vector_id], timeout=self._timeout)
-        )
+        with self._write_guard():
+            self._call(
+                "delete a vector", lambda c: c.delete(collection.name, ids=[vector_id], timeout=self._timeout)
+            )
 
     def search(
         self,
@@ -256,13 +268,11 @@ class MilvusStore:
         search_filter: SearchFilter,
         *,
         one_per_patient: bool,
-        strong: bool = True,
+        consistency: str = "session",
     ) -> list[list[Hit]]:
         """The k best hits of each query, best first; one Milvus call for all queries."""
         expression = self.expression(search_filter)
-        # Strong waits for Milvus's time tick (~200 ms on a server) to see every write; bounded
-        # may miss the last moments of writes but answers at once. Lite always sees every write.
-        level = "Strong" if strong else "Bounded"
+        level = self._level(collection, consistency)
         if not one_per_patient:
             return [
                 [Hit(id_, score) for id_, score, _ in hits]
@@ -337,6 +347,26 @@ class MilvusStore:
         return search_filter.expression("key" if self._lite_engine else "array")
 
     # -- plumbing ----------------------------------------------------------------------
+
+    def _level(self, collection: Collection, consistency: str) -> str:
+        """Milvus's consistency level for a search. Strong waits for the server's next time tick
+        to see every write; session waits only for this process's own last write (pymilvus
+        keeps its timestamp), once a first strong read has seen what came before the process;
+        bounded may miss the last seconds of writes. Lite always sees every write."""
+        if consistency == "bounded":
+            return "Bounded"
+        if consistency == "strong" or collection.name not in self._caught_up:
+            self._caught_up.add(collection.name)
+            return "Strong"
+        return "Session"
+
+    @contextmanager
+    def _write_guard(self) -> Iterator[None]:
+        if self._lite_engine:
+            with self._lite_write_lock:
+                yield
+        else:
+            yield
 
     def _index_type(self) -> str:
         # Lite 3.x searches an "HNSW" index exhaustively (recall 1.0 on random vectors) and

@@ -1,0 +1,80 @@
+"""`make run`'s script as a test starts it: its own process group, a data folder, free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STOP_GUARD_S = 60.0
+SERVICES = ("gateway", "embedder", "search", "catalog")
+
+
+@contextmanager
+def make_run(data: Path, ports: dict[str, int], log: Path, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """scripts/run.py with random weights and the embedded stores; killed at the end if still up."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MEDSEARCH_DATABASE_URL", "MEDSEARCH_MILVUS_URI")
+    }
+    env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env.update(MEDSEARCH_DATA_DIR=str(data), MEDSEARCH_EMBEDDER_WEIGHTS="random:42", **extra)
+    with open(log, "ab") as out:
+        # Its own process group, as a terminal would give it: Ctrl-C goes to the whole group.
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "scripts" / "run.py")],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_GUARD_S)
+
+
+def ctrl_c(process: subprocess.Popen[bytes], log: Path) -> None:
+    """Ctrl-C, as a terminal sends it: every service must stop cleanly."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        code = process.wait(timeout=STOP_GUARD_S)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {STOP_GUARD_S} s after Ctrl-C:\n{log.read_text()}") from None
+    # 130: interrupted, as a shell reports Ctrl-C; every service must have stopped cleanly.
+    assert code == 130, log.read_text()
+    stops = log.read_text().split("sending SIGTERM")[-1]
+    for name in SERVICES:
+        assert f"{name}.1 stopped (rc=0)" in stops, log.read_text()
+
+
+def descendants(pid: int, argv_part: str) -> list[int]:
+    """Every process below `pid` whose command line contains `argv_part`."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, pending = [], list(children.get(pid, []))
+    while pending:
+        candidate = pending.pop(0)
+        try:
+            cmdline = (Path("/proc") / str(candidate) / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if argv_part.encode() in cmdline:
+            found.append(candidate)
+        pending.extend(children.get(candidate, []))
+    return found
