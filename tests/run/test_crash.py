@@ -1,0 +1,127 @@
+"""Acknowledged writes survive a crash: kill -9 of the search service and of the Milvus engine
+in the middle of an ingest under `make run`, then start again, ingest again, and every image
+the catalog calls indexed has its vector.
+
+The failure this guards against was silent: the catalog said "indexed", the second ingest
+said "already indexed", and the image never appeared in any result.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.make_run import SERVICES, descendants, make_run
+from tests.support.processes import free_port, wait_ready
+
+pytestmark = pytest.mark.integration
+
+START_GUARD_S = 300.0
+STOP_GUARD_S = 60.0
+# Killed once this many images are indexed: writes before the kill are acknowledged ones.
+KILL_AFTER_INDEXED = 15
+
+
+def ingest(gateway: str, source: Path) -> subprocess.Popen[str]:
+    medsearch = Path(sys.executable).parent / "medsearch"
+    return subprocess.Popen(
+        [str(medsearch), "--url", gateway, "ingest", str(source), "--concurrency", "8", "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def catalog_images(gateway: str) -> list[dict[str, Any]]:
+    images: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
+        page = requests.get(f"{gateway}/api/v1/images", params=params, timeout=30).json()
+        images.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return images
+
+
+def indexed_count(gateway: str) -> int:
+    try:
+        stats = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()
+    except requests.RequestException:
+        return 0
+    return int((stats.get("index") or {}).get("indexed", 0))
+
+
+@pytest.mark.parametrize("engine", ["server", "lite"])
+def test_kill_9_of_search_and_engine_during_ingest_loses_no_acknowledged_vector(
+    tmp_path: Path, test_data: Path, engine: str
+) -> None:
+    source = test_data / "covid_hannover"
+    expected = len((source / "labels.csv").read_text().strip().splitlines()) - 1
+    data, log = tmp_path / "data", tmp_path / "run.log"
+    ports = {name: free_port() for name in (*SERVICES, "milvus")}
+    gateway = f"http://127.0.0.1:{ports['gateway']}"
+    # The default engine is a process of its own; Milvus Lite runs inside the search service.
+    lite = {"MEDSEARCH_MILVUS_URI": str(data / "milvus.db")} if engine == "lite" else {}
+
+    with make_run(data, ports, log, **lite) as process:
+        wait_ready(gateway, process, log, START_GUARD_S)
+        first = ingest(gateway, source)
+        deadline = time.monotonic() + START_GUARD_S
+        while indexed_count(gateway) < KILL_AFTER_INDEXED:
+            assert first.poll() is None, f"the ingest ended before the crash: {first.communicate()}"
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        # The crash: the engine and every search-service process at once, with no warning.
+        victims = descendants(process.pid, "medsearch_search")
+        assert victims, "no search service process found"
+        if engine == "server":
+            victims.append(int((data / "milvus" / "milvus.pid").read_text()))
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        # Honcho stops the other services when one dies; the ingest fails what was in flight.
+        process.wait(timeout=STOP_GUARD_S)
+        first.kill()
+        first.communicate()
+
+    with make_run(data, ports, log, **lite) as process:
+        wait_ready(gateway, process, log, START_GUARD_S)
+        model_id = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["model"]["model_id"]
+        search = f"http://127.0.0.1:{ports['search']}/v1/models/{model_id}"
+        # What the catalog called indexed when the crash came was acknowledged by the search
+        # service first: every one must have its vector now, before anything is re-sent.
+        acknowledged = indexed_ids(catalog_images(gateway))
+        assert len(acknowledged) >= KILL_AFTER_INDEXED
+        assert without_vector(search, acknowledged) == []
+
+        again = ingest(gateway, source)
+        out, err = again.communicate(timeout=START_GUARD_S)
+        assert again.returncode == 0, f"{out}\n{err}"
+        images = catalog_images(gateway)
+        assert len(images) == expected
+        assert len(indexed_ids(images)) == expected
+        assert without_vector(search, indexed_ids(images)) == []
+        assert requests.get(search, timeout=30).json()["count"] == expected
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=STOP_GUARD_S)
+
+
+def indexed_ids(images: list[dict[str, Any]]) -> list[int]:
+    return [image["id"] for image in images if image["index_state"] == "indexed"]
+
+
+def without_vector(search: str, image_ids: list[int]) -> list[int]:
+    """The images the search service has no vector for."""
+    return [
+        image_id
+        for image_id in image_ids
+        if requests.get(f"{search}/vectors/{image_id}", timeout=30).status_code != 200
+    ]
