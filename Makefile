@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest
+.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ bench-search: install
 
 bench-ingest: install
 	$(BIN)/python benchmarks/bench_ingest.py
+
+bench-query: install
+	$(BIN)/python benchmarks/bench_query.py
 
 lint: install
 	$(BIN)/ruff check .

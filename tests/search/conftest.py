@@ -88,7 +88,11 @@ def upsert(client: FlaskClient, model_id: str, items: list[dict[str, Any]]) -> T
 
 
 def search_ids(
-    client: FlaskClient, model_id: str, vector: NDArray[np.float32] | list[float], k: int = 10, **body: Any
+    client: FlaskClient,
+    model_id: str,
+    vector: NDArray[np.float32] | list[float] | str,
+    k: int = 10,
+    **body: Any,
 ) -> list[int]:
     """The hit IDs of one query, best first; fails on anything but 200."""
     query = vector.tolist() if isinstance(vector, np.ndarray) else vector

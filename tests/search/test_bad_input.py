@@ -7,6 +7,7 @@ Writes go both to a model that has vectors (its count must not change) and to a 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ STORED_ITEMS: list[dict[str, Any]] = [
 ]
 VECTOR = [0.5, -0.25, 1.0, 2.0]
 MISSING = object()  # a member left out
+
+
+def b64(values: list[float]) -> str:
+    """A vector in the base64 form: little-endian float32."""
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,21 @@ UPSERT_CASES: list[tuple[str, Any, int, str, bool]] = [
     ),
     ("vector null", items(item(vector=None)), 400, "vector #0 must be a non-empty list of numbers", False),
     ("vector empty", items(item(vector=[])), 400, "vector #0 must be a non-empty list of numbers", False),
-    ("vector a string", items(item(vector="0.5,1")), 400, "must be a non-empty list of numbers", False),
+    ("vector a string", items(item(vector="0.5,1")), 400, "vector #0 is not valid base64", False),
+    ("base64 unpadded", items(item(vector=b64([1, 2, 3, 4])[:-2])), 400, "is not valid base64", False),
+    ("base64 of 3 bytes", items(item(vector="AAAA")), 400, "3 bytes is not a whole number of float32", False),
+    ("base64 empty", items(item(vector="")), 400, "0 bytes is not a whole number", False),
+    ("base64 NaN", items(item(vector=b64([1, float("nan"), 1, 1]))), 422, "holds NaN or infinity", False),
+    ("base64 infinity", items(item(vector=b64([1, 1, float("inf"), 1]))), 422, "holds NaN", False),
+    ("base64 zero", items(item(vector=b64([0, 0, 0, 0]))), 422, "is a zero vector", False),
+    (
+        "base64 of another dimension",
+        items(item(vector=b64([1, 2, 3]))),
+        422,
+        "dimension 3, but this model's vectors have dimension 4",
+        True,
+    ),
+    ("base64 over Milvus's dimension", items(item(vector=b64([1.0] * 32769))), 422, "limit of 32768", False),
     ("vector an object", items(item(vector={"0": 1.0})), 400, "must be a non-empty list of numbers", False),
     (
         "vector of strings",
@@ -455,6 +475,15 @@ SEARCH_CASES: list[tuple[str, Any, int, str]] = [
     ),
     ("query vector of booleans", query(vectors=[[True] * DIM]), 400, "vectors #0 must hold only numbers"),
     ("query vector empty", query(vectors=[[]]), 400, "vectors #0 must be a non-empty list"),
+    ("query base64 broken", query(vectors=["not base64!"]), 400, "vectors #0 is not valid base64"),
+    ("query base64 of 6 bytes", query(vectors=["AAAAAAAA"]), 400, "6 bytes is not a whole number"),
+    ("query base64 NaN", query(vectors=[b64([1, 1, 1, float("nan")])]), 422, "vectors #0 holds NaN"),
+    (
+        "query base64 of another dimension",
+        query(vectors=[b64([1, 2])]),
+        422,
+        "dimension 2, but this model's vectors have dimension 4",
+    ),
     (
         "query of another dimension",
         query(vectors=[[1.0, 2.0]]),

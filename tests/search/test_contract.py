@@ -7,6 +7,7 @@ would return rows the reference does not.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,6 +266,20 @@ def test_delete_removes_from_get_and_search_and_is_idempotent(search: FlaskClien
     assert search.delete(f"/v1/models/{model_id}/vectors/2").status_code == 204
     model = search.get(f"/v1/models/{model_id}").json
     assert model is not None and model["count"] == len(vectors) - 1
+
+
+def test_base64_vectors_store_and_search_like_lists(search: FlaskClient, model_id: str) -> None:
+    vectors = unit_vectors(8, 16, seed=31)
+    encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+    items = [{"id": i, "vector": text} for i, text in enumerate(encoded, start=1)]
+    assert upsert(search, model_id, items).status_code == 200
+    stored = search.get(f"/v1/models/{model_id}/vectors/3").json
+    assert stored is not None
+    np.testing.assert_allclose(stored["vector"], vectors[2], atol=1e-6)
+    for i, (vector, text) in enumerate(zip(vectors, encoded, strict=True), start=1):
+        as_list = search_ids(search, model_id, vector, k=5)
+        assert as_list[0] == i
+        assert search_ids(search, model_id, text, k=5) == as_list
 
 
 @pytest.mark.parametrize("consistency", ["session", "strong"])

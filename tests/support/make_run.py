@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,8 +39,21 @@ def make_run(data: Path, ports: dict[str, int], log: Path, **extra: str) -> Iter
         yield process
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_GUARD_S)
+            stop_everything(process)
+
+
+def stop_everything(process: subprocess.Popen[bytes]) -> None:
+    """After a failed test: Ctrl-C first, so that the stores stop cleanly; then SIGKILL to every
+    process below it (honcho starts each service in a session of its own, out of our group)."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=STOP_GUARD_S)
+    except subprocess.TimeoutExpired:
+        for pid in descendants(process.pid, ""):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_GUARD_S)
 
 
 def ctrl_c(process: subprocess.Popen[bytes], log: Path) -> None:

@@ -8,8 +8,10 @@ as the gateway's own 4xx with that service's explanation.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +180,12 @@ class Embedder:
         return response.content
 
 
+def packed(vector: list[float]) -> str:
+    """A vector as the search service takes it fastest: base64 of little-endian float32
+    (a third of the JSON of 2048 numbers, and nothing to parse number by number)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
 class Search:
     def __init__(self, client: ServiceClient) -> None:
         self.client = client
@@ -185,7 +193,7 @@ class Search:
     def search(self, model_id: str, vector: list[float], query: SearchRequest) -> list[tuple[int, float]]:
         """Hits as (image ID, score), best first; none when nothing was ever indexed."""
         body = {
-            "vectors": [vector],
+            "vectors": [packed(vector)],
             "k": query.k,
             "filter": query.filter,
             "one_per_patient": query.one_per_patient,
@@ -218,7 +226,7 @@ class Search:
         self.client.request(
             "PUT",
             f"/v1/models/{model_id}/vectors",
-            json={"items": [{"id": image_id, "vector": vector, "attributes": attributes}]},
+            json={"items": [{"id": image_id, "vector": packed(vector), "attributes": attributes}]},
         )
 
     def delete(self, model_id: str, image_id: int) -> None:

@@ -21,6 +21,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,10 @@ TIME_TICK_MS = 50
 # After a crash the new process waits for the dead one's etcd sessions to lapse (30 s by
 # default, ~55 s to restart in all); 10 s still spans any pause of a busy 2-core machine.
 SESSION_TTL_S = 10
+ENGINE_CONFIG: dict[str, Any] = {
+    "proxy.timeTickInterval": TIME_TICK_MS,
+    "common.session.ttl": SESSION_TTL_S,
+}
 
 
 def _free_port() -> int:
@@ -71,9 +76,12 @@ def _port_free(port: int) -> bool:
 class EmbeddedMilvus:
     """One Milvus standalone process whose data lives in `folder`."""
 
-    def __init__(self, folder: Path, port: int = DEFAULT_PORT) -> None:
+    def __init__(
+        self, folder: Path, port: int = DEFAULT_PORT, config: Mapping[str, Any] | None = None
+    ) -> None:
         self.folder = folder.resolve()
         self.requested_port = port
+        self._config = {**ENGINE_CONFIG, **(config or {})}
         self._server: Any = None
 
     @property
@@ -111,8 +119,8 @@ class EmbeddedMilvus:
         server.config.set("etcd_port", etcd["client"])
         # The package binds the first free port from the one given: say so if it moved.
         server.config.set("proxy_port", self.requested_port)
-        server.config.set("proxy.timeTickInterval", TIME_TICK_MS)
-        server.config.set("common.session.ttl", SESSION_TTL_S)
+        for key, value in self._config.items():
+            server.config.set(key, value)
         # Its port probe ignores SO_REUSEADDR, so a port in TIME_WAIT would seem taken and the
         # engine would move to the next one at each restart.
         server.config.try_bind_port = _bind

