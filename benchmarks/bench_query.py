@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import requests
 from machine import free_port, machine, shared_data
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("gateway", "embedder", "search", "catalog")
@@ -72,7 +73,7 @@ def main() -> None:
             naive_process = subprocess.Popen(
                 [sys.executable, naive_app, "serve", str(naive_port), naive_db, postgres_url],
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=open(folder / "naive.log", "wb"),  # shown if the peer fails
             )
             naive = f"http://127.0.0.1:{naive_port}"
             wait_ready(f"{naive}/ready", naive_process, "the naive peer")
@@ -84,16 +85,27 @@ def main() -> None:
             rounds: dict[str, dict[int, list[dict[str, float]]]] = {
                 name: {c: [] for c in clients} for name in calls
             }
+            profile: dict[str, float] = {}
             for round_ in range(args.rounds):
                 order = list(calls) if round_ % 2 == 0 else list(reversed(calls))
                 for count in clients:
                     for name in order:
+                        profiled = name == "medsearch" and count == 1
+                        before = stage_totals(ports) if profiled else {}
                         measured = drive(calls[name], images, count, max(24, count * args.per_client))
+                        if profiled:
+                            for stage, total in stage_totals(ports).items():
+                                profile[stage] = profile.get(stage, 0.0) + total - before[stage]
                         rounds[name][count].append(measured)
                         print(
                             f"bench-query: round {round_ + 1}, {count} clients, {name}: {measured}",
                             flush=True,
                         )
+        except Exception:
+            for log in (folder / "naive.log", folder / "run.log"):
+                if log.exists():
+                    print(f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            raise
         finally:
             if naive_process is not None:
                 naive_process.send_signal(signal.SIGTERM)
@@ -120,6 +132,7 @@ def main() -> None:
         "images": len(images),
         "settings": {"rounds": args.rounds, "clients": clients, "k": K, "weights": "random:42"},
         "top1_is_the_query": top1,
+        "medsearch_1_client_profile_ms": stage_means(profile),
         "results": results,
         "ratios": ratios,
         "targets": TARGETS,
@@ -131,8 +144,49 @@ def main() -> None:
         f"bench-query: 1 client p50 {m[first]['p50_ms']} vs naive {n[first]['p50_ms']} ms "
         f"({ratios[f'p50_ratio_{first}_client']}x, target <= 0.5); {last} clients {m[last]['qps']} vs "
         f"{n[last]['qps']} QPS ({ratios[f'qps_ratio_{last}_clients']}x, target >= 2.5); errors "
-        f"{m[last]['errors']} / {n[last]['errors']}"
+        f"{m[last]['errors']} / {n[last]['errors']}; one search at 1 client, by stage (ms): "
+        f"{report['medsearch_1_client_profile_ms']}"
     )
+
+
+# Where one search spends its time, from the services' own metrics: (service, metric, endpoint).
+STAGES = {
+    "gateway /api/v1/search": ("gateway", "http_request_duration_seconds", "/api/v1/search"),
+    "embedder /v1/embeddings": ("embedder", "http_request_duration_seconds", "/v1/embeddings"),
+    "embedder decode and letterbox": ("embedder", "embedder_preprocessing_seconds", None),
+    "embedder model call": ("embedder", "embedder_inference_seconds", None),
+    "search /search": ("search", "http_request_duration_seconds", "/v1/models/<model_id>/search"),
+    "catalog /v1/images (batch fetch)": ("catalog", "http_request_duration_seconds", "/v1/images"),
+}
+
+
+def stage_totals(ports: dict[str, int]) -> dict[str, float]:
+    """Each stage's summed seconds and count so far ("<stage>" and "<stage>#count")."""
+    totals: dict[str, float] = {}
+    pages = {
+        service: requests.get(f"http://127.0.0.1:{ports[service]}/metrics", timeout=10).text
+        for service in {service for service, _, _ in STAGES.values()}
+    }
+    for stage, (service, metric, endpoint) in STAGES.items():
+        seconds = count = 0.0
+        for family in text_string_to_metric_families(pages[service]):
+            for sample in family.samples:
+                if endpoint is not None and sample.labels.get("endpoint") != endpoint:
+                    continue
+                if sample.name == f"{metric}_sum":
+                    seconds += sample.value
+                elif sample.name == f"{metric}_count":
+                    count += sample.value
+        totals[stage], totals[f"{stage}#count"] = seconds, count
+    return totals
+
+
+def stage_means(profile: dict[str, float]) -> dict[str, float]:
+    return {
+        stage: round(1000 * profile[stage] / profile[f"{stage}#count"], 1)
+        for stage in STAGES
+        if profile.get(f"{stage}#count")
+    }
 
 
 def post(url: str, image: bytes) -> list[dict[str, Any]]:

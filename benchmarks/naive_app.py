@@ -84,6 +84,7 @@ def create_app(milvus_db: str, postgres_url: str) -> Flask:
     app = Flask(__name__)
     model = load_model()
     milvus = MilvusClient(milvus_db)
+    milvus.load_collection(COLLECTION)  # a reopened collection starts released
     db = psycopg.connect(postgres_url, autocommit=True)
     db_lock = threading.Lock()  # one connection, shared by the server's threads
 

@@ -180,6 +180,15 @@ MALFORMED_REQUESTS: list[tuple[str, Send, tuple[str, ...]]] = [
         ),
         ("'images' must hold files, not text",),
     ),
+    (
+        "an unknown encoding",
+        lambda c, x: c.post(
+            EMBEDDINGS + "?encoding=float16",
+            data={"images": [(io.BytesIO(x), "x.png")]},
+            content_type="multipart/form-data",
+        ),
+        ('encoding must be "float" or "base64", got \'float16\'',),
+    ),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 from collections.abc import Callable
@@ -46,6 +47,19 @@ def test_batched_vectors_equal_single_ones(client: FlaskClient, test_data: Path)
     for i, image in enumerate(images):
         [alone] = vectors_of(post_images(client, [image])).values()
         np.testing.assert_allclose(together[i], alone, atol=1e-5)
+
+
+def test_base64_encoding_carries_the_same_float32_vectors(client: FlaskClient, test_data: Path) -> None:
+    images = [(test_data / path).read_bytes() for path in NIH]
+    as_numbers = vectors_of(post_images(client, images))
+    files = [(io.BytesIO(data), f"image-{i}") for i, data in enumerate(images)]
+    response = client.post(
+        "/v1/embeddings?encoding=base64", data={"images": files}, content_type="multipart/form-data"
+    )
+    assert response.status_code == 200 and response.json is not None
+    for item in response.json["data"]:
+        vector = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
+        np.testing.assert_array_equal(vector, as_numbers[item["index"]])
 
 
 def test_half_size_jpeg_of_an_x_ray_stays_next_to_it(client: FlaskClient, test_data: Path) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
+from numpy.typing import NDArray
 from werkzeug.datastructures import FileStorage
 
 from medsearch_common.problems import problem_response, problem_type, slug_of
@@ -25,9 +29,10 @@ def _service() -> EmbeddingService:
 @blueprint.post("/embeddings")
 def create_embeddings() -> Response:
     service = _service()
+    encode = _encoder(request.args.get("encoding", "float"))
     outcomes = service.embed([upload.read() for upload in _uploads()])
     data = [
-        {"index": i, "embedding": outcome.tolist()}
+        {"index": i, "embedding": encode(outcome)}
         for i, outcome in enumerate(outcomes)
         if not isinstance(outcome, ImageRejected)
     ]
@@ -67,6 +72,16 @@ def get_model() -> Response:
 def openapi() -> Response:
     document = (resources.files("medsearch_embedder") / "openapi.json").read_text(encoding="utf-8")
     return Response(document, mimetype="application/json")
+
+
+def _encoder(encoding: str) -> Callable[[NDArray[np.float32]], list[float] | str]:
+    """A list of numbers, or base64 of little-endian float32: what the search service takes
+    as it is, with no 2048 numbers to print here and parse in the gateway."""
+    if encoding == "float":
+        return lambda vector: vector.tolist()
+    if encoding == "base64":
+        return lambda vector: base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    raise MalformedRequest(f'encoding must be "float" or "base64", got {encoding[:20]!r}')
 
 
 def _uploads() -> list[FileStorage]:

@@ -37,6 +37,9 @@ FILTER_ATTRIBUTES = ("dataset", "patient_id", "sex", "age", "view_position", "fi
 # search at once, finds it), and waits for a time tick only right after a write; strong
 # would wait for one on every search, bounded could miss an image just added.
 SEARCH_CONSISTENCY = "session"
+# A vector as base64 of little-endian float32: what the embedder gives and the search service
+# takes as it is; the gateway never needs its numbers.
+PackedVector = str
 
 _READY_TIMEOUT_S = 2.0
 # The model description is answered from memory: a hung embedder must not hold up the
@@ -156,12 +159,13 @@ class Embedder:
         ).json()
         return model
 
-    def embed(self, upload: Upload) -> tuple[list[float], dict[str, Any]]:
-        """The image's vector and the model that made it."""
+    def embed(self, upload: Upload) -> tuple[PackedVector, dict[str, Any]]:
+        """The image's vector (packed: the gateway only passes it on) and the model that made it."""
         try:
             response = self.client.request(
                 "POST",
                 "/v1/embeddings",
+                params={"encoding": "base64"},
                 files={"images": (upload.filename, upload.data)},
                 idempotent=True,  # a pure function of the bytes: safe to send again
             )
@@ -180,7 +184,7 @@ class Embedder:
         return response.content
 
 
-def packed(vector: list[float]) -> str:
+def packed(vector: list[float]) -> PackedVector:
     """A vector as the search service takes it fastest: base64 of little-endian float32
     (a third of the JSON of 2048 numbers, and nothing to parse number by number)."""
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
@@ -190,10 +194,10 @@ class Search:
     def __init__(self, client: ServiceClient) -> None:
         self.client = client
 
-    def search(self, model_id: str, vector: list[float], query: SearchRequest) -> list[tuple[int, float]]:
+    def search(self, model_id: str, vector: PackedVector, query: SearchRequest) -> list[tuple[int, float]]:
         """Hits as (image ID, score), best first; none when nothing was ever indexed."""
         body = {
-            "vectors": [packed(vector)],
+            "vectors": [vector],
             "k": query.k,
             "filter": query.filter,
             "one_per_patient": query.one_per_patient,
@@ -211,22 +215,21 @@ class Search:
             raise
         return [(int(hit["id"]), float(hit["score"])) for hit in response.json()["results"][0]]
 
-    def vector(self, model_id: str, image_id: int) -> list[float] | None:
+    def vector(self, model_id: str, image_id: int) -> PackedVector | None:
         try:
             body = self.client.get_json(f"/v1/models/{model_id}/vectors/{image_id}")
         except UpstreamRejected as exc:
             if exc.status == 404:
                 return None
             raise
-        vector: list[float] = body["vector"]
-        return vector
+        return packed(body["vector"])
 
-    def upsert(self, model_id: str, image_id: int, vector: list[float], metadata: dict[str, Any]) -> None:
+    def upsert(self, model_id: str, image_id: int, vector: PackedVector, metadata: dict[str, Any]) -> None:
         attributes = {name: metadata.get(name) for name in FILTER_ATTRIBUTES}
         self.client.request(
             "PUT",
             f"/v1/models/{model_id}/vectors",
-            json={"items": [{"id": image_id, "vector": packed(vector), "attributes": attributes}]},
+            json={"items": [{"id": image_id, "vector": vector, "attributes": attributes}]},
         )
 
     def delete(self, model_id: str, image_id: int) -> None:
@@ -451,7 +454,7 @@ class Gateway:
             return None
         return model_id
 
-    def _hits(self, model: dict[str, Any], vector: list[float], query: SearchRequest) -> list[Hit]:
+    def _hits(self, model: dict[str, Any], vector: PackedVector, query: SearchRequest) -> list[Hit]:
         found = self.search_service.search(model["model_id"], vector, query)
         records = self.catalog.images([image_id for image_id, _ in found])
         # The catalog is right when the two disagree: a hit it no longer has is dropped.
