@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine, shared_data
+from machine import free_port, machine, shared_data, start_stack
 from numpy.typing import NDArray
 
 from medsearch_embedder.model import load_embedder
@@ -127,20 +127,6 @@ def main() -> None:
         f"bench-ingest: {len(paths)} images in {ingest_s:.0f} s = {ingest_rate:.2f} img/s; raw model "
         f"{raw_mean:.2f} img/s; ratio {ratio:.2f} (target {TARGET}); all of ChestX-ray14 here: "
         f"{report['full_dataset_hours_here']} h"
-    )
-
-
-def start_stack(folder: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
-    env = {key: value for key, value in os.environ.items() if key != "MEDSEARCH_DATABASE_URL"}
-    env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
-    env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS="random:42")
-    log = open(folder / "run.log", "wb")  # open for the stack's whole life
-    return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "run.py")],
-        env=env,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,  # its own process group, so that SIGINT reaches every service
     )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine, shared_data
+from machine import free_port, machine, shared_data, start_stack
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -246,24 +246,6 @@ def ingest(gateway: str, nih: Path) -> None:
     )  # fmt: skip
     if result.returncode != 0:
         sys.exit(f"bench-query: the ingest failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-
-
-def start_stack(folder: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("MEDSEARCH_DATABASE_URL", "MEDSEARCH_MILVUS_URI")
-    }
-    env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
-    env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS="random:42")
-    log = open(folder / "run.log", "wb")  # open for the stack's whole life
-    return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "run.py")],
-        env=env,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,  # its own process group, so that SIGINT reaches every service
-    )
 
 
 def start_postgres(folder: Path) -> Any:

@@ -1,10 +1,13 @@
-"""What every benchmark needs besides its subject: a free port and a description of the machine."""
+"""What every benchmark needs besides its subject: a free port, a description of the machine,
+and the whole system started as `make run` starts it."""
 
 from __future__ import annotations
 
 import os
 import platform
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +52,22 @@ def machine(**versions: str) -> dict[str, Any]:
         "platform": platform.platform(),
         **versions,
     }
+
+
+def start_stack(folder: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
+    """scripts/run.py with `random:42` and the embedded stores in `folder`; its log in run.log."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MEDSEARCH_DATABASE_URL", "MEDSEARCH_MILVUS_URI")
+    }
+    env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS="random:42")
+    log = open(folder / "run.log", "wb")  # open for the stack's whole life
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "run.py")],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # its own process group, so that SIGINT reaches every service
+    )
