@@ -91,11 +91,14 @@ def main() -> None:
                 for count in clients:
                     for name in order:
                         profiled = name == "medsearch" and count == 1
-                        before = stage_totals(ports) if profiled else {}
-                        measured = drive(calls[name], images, count, max(24, count * args.per_client))
+                        before = {**stage_totals(ports), **cpu_by_process()} if profiled else {}
+                        total = max(24, count * args.per_client)
+                        measured = drive(calls[name], images, count, total)
                         if profiled:
-                            for stage, total in stage_totals(ports).items():
-                                profile[stage] = profile.get(stage, 0.0) + total - before[stage]
+                            after = {**stage_totals(ports), **cpu_by_process()}
+                            for key, value in after.items():
+                                profile[key] = profile.get(key, 0.0) + value - before.get(key, 0.0)
+                            profile["requests"] = profile.get("requests", 0.0) + total
                         rounds[name][count].append(measured)
                         print(
                             f"bench-query: round {round_ + 1}, {count} clients, {name}: {measured}",
@@ -133,6 +136,13 @@ def main() -> None:
         "settings": {"rounds": args.rounds, "clients": clients, "k": K, "weights": "random:42"},
         "top1_is_the_query": top1,
         "medsearch_1_client_profile_ms": stage_means(profile),
+        # CPU each program spent per search while MedSearch alone was being driven: what ran
+        # beside the model (on 2 cores, anything else slows it).
+        "medsearch_1_client_cpu_ms_per_search": {
+            key.removeprefix("cpu:"): round(1000 * value / profile["requests"], 1)
+            for key, value in sorted(profile.items())
+            if key.startswith("cpu:") and value > 0
+        },
         "results": results,
         "ratios": ratios,
         "targets": TARGETS,
@@ -179,6 +189,36 @@ def stage_totals(ports: dict[str, int]) -> dict[str, float]:
                     count += sample.value
         totals[stage], totals[f"{stage}#count"] = seconds, count
     return totals
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of every process on the machine, summed by program ("cpu:<name>")."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = program(argv)
+        totals[f"cpu:{name}"] = totals.get(f"cpu:{name}", 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
+def program(argv: list[bytes]) -> str:
+    words = [part.decode(errors="replace") for part in argv if part]
+    for word in words:
+        for known in ("medsearch_", "naive_app", "bench_query", "honcho", "chromium"):
+            if known in word:
+                return word.rsplit("/", 1)[-1]
+    if words and "milvus" in words[0]:
+        return "milvus engine"
+    if words and "postgres" in words[0]:
+        return "postgres"
+    return "other"
 
 
 def stage_means(profile: dict[str, float]) -> dict[str, float]:
