@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine, shared_data
+from machine import free_port, machine, shared_data, wait_ready
 
 from medsearch_embedder.model import load_embedder
 from medsearch_embedder.preprocessing import InputLimits, prepare
@@ -67,7 +67,7 @@ def main() -> None:
         raw = load_embedder(
             WeightsSpec("random", seed=42), device="auto", precision="float32", max_batch=max(RAW_BATCHES)
         )
-        _wait_ready(base, service, log_path)
+        wait_ready(f"{base}/readyz", service, "bench-embedder: the service", 300, log_path)
         model = requests.get(f"{base}/v1/model", timeout=10).json()
         worker = _worker_pid(service.pid)
         raw_rates: dict[int, list[float]] = {b: [] for b in RAW_BATCHES}
@@ -173,20 +173,6 @@ def _run_clients(base: str, files: list[bytes], clients: int) -> tuple[float, li
     if failures:
         raise SystemExit(f"bench-embedder: {len(failures)} requests failed, e.g. {failures[0]}")
     return len(files) / elapsed, latencies
-
-
-def _wait_ready(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"bench-embedder: the service exited:\n{log_path.read_text()}")
-        try:
-            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    sys.exit("bench-embedder: the service was not ready within 300 s")
 
 
 def _worker_pid(arbiter: int) -> int:

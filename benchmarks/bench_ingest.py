@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine, shared_data, start_stack
+from machine import free_port, machine, shared_data, start_stack, wait_ready
 from numpy.typing import NDArray
 
 from medsearch_embedder.model import load_embedder
@@ -65,7 +65,7 @@ def main() -> None:
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         stack = start_stack(Path(folder), ports)
         try:
-            wait_ready(gateway, stack)
+            wait_ready(f"{gateway}/readyz", stack, "bench-ingest: the stack", log=Path(folder) / "run.log")
             model = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["model"]
             raw_before = raw_rate(raw.embed, inputs, batch)
             print(f"bench-ingest: raw model {raw_before:.2f} img/s at batch {batch}", flush=True)
@@ -128,20 +128,6 @@ def main() -> None:
         f"{raw_mean:.2f} img/s; ratio {ratio:.2f} (target {TARGET}); all of ChestX-ray14 here: "
         f"{report['full_dataset_hours_here']} h"
     )
-
-
-def wait_ready(gateway: str, stack: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if stack.poll() is not None:
-            sys.exit("bench-ingest: the stack stopped while starting")
-        try:
-            if requests.get(f"{gateway}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    sys.exit("bench-ingest: the stack was not ready within 600 s")
 
 
 def raw_rate(embed: Any, inputs: NDArray[np.uint8], batch: int) -> float:

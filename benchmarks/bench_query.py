@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine, shared_data, start_stack
+from machine import free_port, machine, shared_data, start_stack, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def main() -> None:
         naive_process = None
         postgres = None
         try:
-            wait_ready(f"{gateway}/readyz", stack, "MedSearch")
+            wait_ready(f"{gateway}/readyz", stack, "bench-query: MedSearch", log=folder / "run.log")
             ingest(gateway, nih)
             postgres = start_postgres(folder / "naive-pg")
             postgres_url = postgres.get_uri("naive")
@@ -76,7 +76,9 @@ def main() -> None:
                 stderr=open(folder / "naive.log", "wb"),  # shown if the peer fails
             )
             naive = f"http://127.0.0.1:{naive_port}"
-            wait_ready(f"{naive}/ready", naive_process, "the naive peer")
+            wait_ready(
+                f"{naive}/ready", naive_process, "bench-query: the naive peer", log=folder / "naive.log"
+            )
             calls = {
                 "medsearch": lambda image: post(f"{gateway}/api/v1/search", image),
                 "naive": lambda image: post(f"{naive}/search", image),
@@ -294,20 +296,6 @@ def start_postgres(folder: Path) -> Any:
     server = get_server(folder, cleanup_mode="stop")
     server.psql("CREATE DATABASE naive;")
     return server
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"bench-query: {what} stopped while starting")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"bench-query: {what} was not ready within 600 s")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import requests
 
 
 def shared_data() -> Path:
@@ -71,3 +74,23 @@ def start_stack(folder: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
         stderr=log,
         start_new_session=True,  # its own process group, so that SIGINT reaches every service
     )
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], what: str, timeout_s: float = 600, log: Path | None = None
+) -> None:
+    """Poll `url` until it answers 200; exit the benchmark, with the tail of `log`, if `process`
+    stops or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+    state = (
+        "stopped while starting" if process.poll() is not None else f"was not ready within {timeout_s:.0f} s"
+    )
+    sys.exit(f"{what} {state}\n{tail}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -13,6 +12,7 @@ from numpy.typing import NDArray
 from werkzeug.datastructures import FileStorage
 
 from medsearch_common.problems import problem_response, problem_type, slug_of
+from medsearch_common.vectors import pack_vector
 from medsearch_embedder.errors import ImageRejected, MalformedRequest, TooManyImages, status_of
 from medsearch_embedder.service import EmbeddingService
 
@@ -80,7 +80,7 @@ def _encoder(encoding: str) -> Callable[[NDArray[np.float32]], list[float] | str
     if encoding == "float":
         return lambda vector: vector.tolist()
     if encoding == "base64":
-        return lambda vector: base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        return lambda vector: pack_vector(vector.tolist())
     raise MalformedRequest(f'encoding must be "float" or "base64", got {encoding[:20]!r}')
 
 

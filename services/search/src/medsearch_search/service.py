@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import re
@@ -14,6 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from medsearch_common.vectors import BadPackedVector, unpack_vector
 from medsearch_search.errors import (
     BatchTooLarge,
     InvalidRequest,
@@ -217,13 +216,9 @@ def _decode_vector(text: str, where: str) -> NDArray[np.float64]:
     if len(text) > _MAX_BASE64:
         raise InvalidVector(f"{where}: more than Milvus's limit of {MAX_DIM} dimensions")
     try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(f"{where} is not valid base64 (standard alphabet, padded)") from None
-    if not data or len(data) % 4:
-        raise InvalidRequest(
-            f"{where}: {len(data)} bytes is not a whole number of float32 values (4 bytes each)"
-        )
+        data = unpack_vector(text, where)
+    except BadPackedVector as exc:
+        raise InvalidRequest(str(exc)) from None
     return np.frombuffer(data, dtype="<f4").astype(np.float64)
 
 
