@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import requests
 from embeddings import EmbeddingModel
-from machine import free_port, machine, shared_data
+from machine import free_port, machine, shared_data, wait_ready
 from numpy.typing import NDArray
 from pymilvus import MilvusClient
 
@@ -263,7 +263,8 @@ def run(
 
 
 def packed(vector: NDArray[np.float32]) -> str:
-    """The search service's compact vector form, as the gateway sends it."""
+    """medsearch_common.vectors' packed form, made from the numpy row at once (the client side
+    of loading 112,120 rows should not weigh in the load time)."""
     return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
 
 
@@ -271,7 +272,7 @@ def make_queries(model: EmbeddingModel, attributes: list[Attributes], count: int
     """Half follow-ups of indexed patients, half patients not indexed, with real metadata."""
     rng = np.random.default_rng(3)
     picked = [attributes[i] for i in rng.choice(len(attributes), size=count, replace=False)]
-    keys = [a.patient_id or "" if i % 2 == 0 else f"new:{i}" for i, a in enumerate(picked)]
+    keys = [(a.patient_id or "") if i % 2 == 0 else f"new:{i}" for i, a in enumerate(picked)]
     return model.embed(picked, keys, seed=2)
 
 
@@ -360,16 +361,7 @@ def search_service(uri: str) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit("bench-search: the search service did not become ready")
+        wait_ready(f"{base}/readyz", process, "bench-search: the search service", 120)
         yield base
     finally:
         process.send_signal(signal.SIGTERM)
