@@ -1,10 +1,12 @@
 """`make bench-ingest`: bulk ingest through the whole system against the raw model, in one run.
 
 Ingest: `medsearch ingest` of NIH's label file for the 303 real 1024² PNGs of
-`../shared/data/nih_cxr14`, into a fresh stack started as `make run` starts it (embedded
-PostgreSQL, Milvus Lite, the four services under honcho) in a temporary folder. Every image
-goes the whole way: upload, catalog (sha256, full decode, thumbnail, PostgreSQL), embedder
-(decode, letterbox, ResNet-50), Milvus upsert, catalog state.
+`../shared/data/nih_cxr14`, into a fresh stack started as `make run` starts it (the
+embedded Milvus server, the four services under honcho) in a temporary folder, with the
+command's defaults (batches through `POST /api/v1/images/batch`), then again one image per
+request into another fresh stack, for the batch path's gain. Every image goes the whole
+way: upload, catalog (sha256, full decode, thumbnail, PostgreSQL), embedder (decode,
+letterbox, the model), Milvus upsert, catalog state.
 
 Raw: the same compiled TensorFlow model in this process, at the service's batch size, on the
 same images already decoded and letterboxed: what the model alone can do on this machine.
@@ -31,6 +33,7 @@ import requests
 from machine import free_port, machine, shared_data, start_stack, wait_ready
 from numpy.typing import NDArray
 
+from medsearch_client.cli import DEFAULT_BATCH_SIZE, DEFAULT_INGEST_CONCURRENCY
 from medsearch_embedder.model import load_embedder
 from medsearch_embedder.preprocessing import InputLimits, prepare
 from medsearch_embedder.settings import EmbedderSettings
@@ -49,7 +52,15 @@ def main() -> None:
         type=Path,
         default=shared_data(),
     )
-    parser.add_argument("--concurrency", type=int, default=8, help="uploads in flight (medsearch ingest)")
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per request (medsearch ingest)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_INGEST_CONCURRENCY,
+        help="requests in flight (medsearch ingest)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "ingest.json")
     args = parser.parse_args()
 
@@ -60,40 +71,19 @@ def main() -> None:
     raw = load_embedder(WeightsSpec("random", seed=42), device="auto", precision="float32", max_batch=batch)
     raw.embed(inputs[:batch])  # warm, untimed
 
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as folder:
-        ports = {name: free_port() for name in SERVICES}
-        gateway = f"http://127.0.0.1:{ports['gateway']}"
-        stack = start_stack(Path(folder), ports)
-        try:
-            wait_ready(f"{gateway}/readyz", stack, "bench-ingest: the stack", log=Path(folder) / "run.log")
-            model = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["model"]
-            raw_before = raw_rate(raw.embed, inputs, batch)
-            print(f"bench-ingest: raw model {raw_before:.2f} img/s at batch {batch}", flush=True)
-            started = time.perf_counter()
-            result = subprocess.run(
-                [
-                    str(Path(sys.executable).parent / "medsearch"),
-                    "--url",
-                    gateway,
-                    "ingest",
-                    str(nih / "Data_Entry_2017_v2020.csv"),
-                    "--images",
-                    str(nih / "images"),
-                    "--concurrency",
-                    str(args.concurrency),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            ingest_s = time.perf_counter() - started
-            summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-            if result.returncode != 0 or not summary.startswith(f"{len(paths)} new"):
-                sys.exit(f"bench-ingest: the ingest failed: {summary}\n{result.stderr[-3000:]}")
-            raw_after = raw_rate(raw.embed, inputs, batch)
-        finally:
-            os.killpg(stack.pid, signal.SIGINT)
-            stack.wait(timeout=120)
+    raw_before = raw_rate(raw.embed, inputs, batch)
+    print(f"bench-ingest: raw model {raw_before:.2f} img/s at batch {batch}", flush=True)
+    runs = {}
+    # The batch path first, then one image per request (as before batches), each into a
+    # fresh stack: the same images, the same model, side by side in one run.
+    for label, batch_size in (("batch", args.batch_size), ("one_per_request", 1)):
+        runs[label] = ingest_run(nih, len(paths), batch_size, args.concurrency)
+        print(f"bench-ingest: {label}: {runs[label]['images_per_s']} img/s", flush=True)
+    raw_after = raw_rate(raw.embed, inputs, batch)
+    model = runs["batch"].pop("model")
+    runs["one_per_request"].pop("model")
+    ingest_s = runs["batch"]["seconds"]
+    summary = runs["batch"]["summary"]
 
     raw_mean = (raw_before + raw_after) / 2
     ingest_rate = len(paths) / ingest_s
@@ -105,10 +95,15 @@ def main() -> None:
         "model": model,
         "images": len(paths),
         "settings": {
+            "batch_size": args.batch_size,
             "concurrency": args.concurrency,
             "raw_batch": batch,
             "stack": "make run (scripts/run.py)",
         },
+        "runs": runs,
+        "batch_over_one_per_request": round(
+            runs["batch"]["images_per_s"] / runs["one_per_request"]["images_per_s"], 2
+        ),
         "summary": summary,
         "ingest_seconds": round(ingest_s, 1),
         "ingest_images_per_s": round(ingest_rate, 2),
@@ -128,6 +123,51 @@ def main() -> None:
         f"{raw_mean:.2f} img/s; ratio {ratio:.2f} (target {TARGET}); all of ChestX-ray14 here: "
         f"{report['full_dataset_hours_here']} h"
     )
+
+
+def ingest_run(nih: Path, count: int, batch_size: int, concurrency: int) -> dict[str, Any]:
+    """`medsearch ingest` of NIH's label file into a fresh stack started as `make run` does."""
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as folder:
+        ports = {name: free_port() for name in SERVICES}
+        gateway = f"http://127.0.0.1:{ports['gateway']}"
+        stack = start_stack(Path(folder), ports)
+        try:
+            wait_ready(f"{gateway}/readyz", stack, "bench-ingest: the stack", log=Path(folder) / "run.log")
+            model = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["model"]
+            started = time.perf_counter()
+            result = subprocess.run(
+                [
+                    str(Path(sys.executable).parent / "medsearch"),
+                    "--url",
+                    gateway,
+                    "ingest",
+                    str(nih / "Data_Entry_2017_v2020.csv"),
+                    "--images",
+                    str(nih / "images"),
+                    "--batch-size",
+                    str(batch_size),
+                    "--concurrency",
+                    str(concurrency),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            seconds = time.perf_counter() - started
+            summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+            if result.returncode != 0 or not summary.startswith(f"{count} new"):
+                sys.exit(f"bench-ingest: the ingest failed: {summary}\n{result.stderr[-3000:]}")
+        finally:
+            os.killpg(stack.pid, signal.SIGINT)
+            stack.wait(timeout=120)
+    return {
+        "model": model,
+        "batch_size": batch_size,
+        "concurrency": concurrency,
+        "summary": summary,
+        "seconds": round(seconds, 1),
+        "images_per_s": round(count / seconds, 2),
+    }
 
 
 def raw_rate(embed: Any, inputs: NDArray[np.uint8], batch: int) -> float:

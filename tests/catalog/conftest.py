@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 
 from medsearch_catalog.app import create_app
 from medsearch_catalog.settings import CatalogSettings
+from tests.support.proxy import CuttableProxy
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +50,15 @@ def make_catalog_app(catalog_settings: CatalogSettings) -> Iterator[Callable[...
     yield make
     for app in apps:
         app.extensions["medsearch_catalog"].repository.pool.close()
+
+
+@pytest.fixture
+def proxy(postgres_admin_url: str) -> Iterator[CuttableProxy]:
+    """A cuttable way to the test PostgreSQL server: point an app at it to take the database away."""
+    info = psycopg.conninfo.conninfo_to_dict(postgres_admin_url)
+    proxy = CuttableProxy(str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)))
+    yield proxy
+    proxy.cut()
 
 
 @pytest.fixture
@@ -82,6 +92,18 @@ def upload(
         data={"file": (io.BytesIO(data), filename), "metadata": text},
         content_type="multipart/form-data",
     )
+
+
+def upload_batch(
+    client: FlaskClient, files: list[bytes], metadata: Any = None, **fields: Any
+) -> TestResponse:
+    """POST /v1/images/batch: `files` in 'file', `metadata` as JSON (text passed as is; None: one
+    {"dataset": "test"} per file), `fields` added to the form as they are."""
+    if metadata is None:
+        metadata = [{"dataset": "test"}] * len(files)
+    data: dict[str, Any] = {"file": [(io.BytesIO(f), f"{i}.png") for i, f in enumerate(files)], **fields}
+    data["metadata"] = metadata if isinstance(metadata, str) else json.dumps(metadata)
+    return client.post("/v1/images/batch", data=data, content_type="multipart/form-data")
 
 
 def png(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import psycopg
-import pytest
 from flask.testing import FlaskClient
 from psycopg import sql
 
@@ -20,14 +18,6 @@ from tests.support.proxy import CuttableProxy
 
 # Generous: these guard against a hang, they do not measure speed.
 HANG_GUARD_S = 20.0
-
-
-@pytest.fixture
-def proxy(postgres_admin_url: str) -> Iterator[CuttableProxy]:
-    info = psycopg.conninfo.conninfo_to_dict(postgres_admin_url)
-    proxy = CuttableProxy(str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)))
-    yield proxy
-    proxy.cut()
 
 
 def through(proxy: CuttableProxy, database_url: str) -> str:

@@ -18,13 +18,16 @@ from openapi_spec_validator import validate
 from PIL import Image
 from werkzeug.test import TestResponse
 
-from tests.catalog.conftest import png, row_counts, upload
+from tests.catalog.conftest import png, row_counts, upload, upload_batch
 from tests.support.openapi import OpenApiDocument, app_routes
 
 OPENAPI = OpenApiDocument("medsearch_catalog")
 DOCUMENT = OPENAPI.document
 check = OPENAPI.check
 schema_errors = OPENAPI.schema_errors
+
+
+STATES, STATES_PATH = "/v1/models/m/index-states", "/v1/models/{model_id}/index-states"
 
 
 def add(client: FlaskClient, seed: int, **metadata: Any) -> dict[str, Any]:
@@ -121,6 +124,35 @@ def test_patch_index_state_pending_and_delete(catalog: FlaskClient) -> None:
     assert check(catalog.get("/v1/stats"), "/v1/stats", "get") == {"images": 0, "datasets": {}, "models": {}}
 
 
+def test_batch_of_images_answer(catalog: FlaskClient) -> None:
+    stored = add(catalog, 7)
+    response = upload_batch(
+        catalog,
+        [png(7), png(8), png(8), png(9)[:60], b"text", png(10)],
+        [{"dataset": "d"}] * 5 + [{"dataset": "d", "age": -1}],
+    )
+    assert response.status_code == 200
+    items = check(response, "/v1/images/batch", "post")["items"]
+    assert [i["status"] for i in items] == [200, 201, 200, 422, 415, 422]
+    assert items[0]["image"] == stored
+
+
+def test_batch_of_index_states_answer(catalog: FlaskClient) -> None:
+    a, b = add(catalog, 1)["id"], add(catalog, 2)["id"]
+    response = catalog.put(
+        "/v1/models/m-1/index-states",
+        json={
+            "items": [
+                {"id": a, "state": "indexed"},
+                {"id": 77, "state": "pending"},
+                {"id": b, "state": "failed", "reason": "x"},
+            ]
+        },
+    )
+    body = check(response, "/v1/models/{model_id}/index-states", "put")
+    assert [i["id"] for i in body["items"]] == [a, b] and body["missing"] == [77]
+
+
 @pytest.mark.parametrize(
     ("part", "types"), [("file", {"image/png"}), ("thumbnail", {"image/webp", "image/png"})]
 )
@@ -169,6 +201,24 @@ def test_problems(catalog: FlaskClient, database_url: str) -> None:
             "/v1/images/{image_id}/index-state/{model_id}",
             "put",
         ),
+        (upload_batch(catalog, [], []), 400, "/v1/images/batch", "post"),
+        (upload_batch(catalog, [png(1)], [{}, {}]), 400, "/v1/images/batch", "post"),
+        (upload_batch(catalog, [png(1)], "[[" * 30000), 422, "/v1/images/batch", "post"),
+        (upload_batch(catalog, [png(i) for i in range(33)]), 413, "/v1/images/batch", "post"),
+        (catalog.put(STATES, json={"items": [{"id": 1, "state": "failed"}]}), 422, STATES_PATH, "put"),
+        (catalog.put(STATES, data="{", content_type="application/json"), 400, STATES_PATH, "put"),
+        (
+            catalog.put("/v1/models/-bad/index-states", json={"items": [{"id": 1, "state": "indexed"}]}),
+            400,
+            STATES_PATH,
+            "put",
+        ),
+        (
+            catalog.put(STATES, json={"items": [{"id": i, "state": "indexed"} for i in range(1, 502)]}),
+            413,
+            STATES_PATH,
+            "put",
+        ),
     ]
     for response, status, path, method in cases:
         assert response.status_code == status, (path, method, response.json)
@@ -206,6 +256,10 @@ def test_database_down_gives_documented_503s(make_catalog_app: Any) -> None:
     down = client.get("/v1/images/1")
     assert down.status_code == 503
     assert check(down, "/v1/images/{image_id}", "get")["type"] == "urn:medsearch:problem:database-unavailable"
+    batch = upload_batch(client, [png(1)])
+    assert check(batch, "/v1/images/batch", "post")["status"] == 503
+    states = client.put(STATES, json={"items": [{"id": 1, "state": "indexed"}]})
+    assert check(states, STATES_PATH, "put")["status"] == 503
 
 
 # -- request schemas agree with the code on what is accepted -----------------------------------------------
@@ -257,3 +311,29 @@ def test_index_state_update_schema_agrees_with_the_code(
     response = catalog.put(f"/v1/images/{image_id}/index-state/m", json=body)
     assert (response.status_code == 200) is accepted
     check(response, "/v1/images/{image_id}/index-state/{model_id}", "put")
+
+
+INDEX_STATES_CASES = [
+    ({"items": [{"id": 1, "state": "indexed"}, {"id": 2, "state": "failed", "reason": "x"}]}, True),
+    ({"items": [{"id": 1, "state": "pending", "reason": None}]}, True),
+    ({"items": [{"id": 1, "state": "failed"}]}, False),
+    ({"items": [{"id": 1, "state": "failed", "reason": " "}]}, False),
+    ({"items": [{"id": 1, "state": "indexed", "reason": "why"}]}, False),
+    ({"items": [{"id": 0, "state": "indexed"}]}, False),
+    ({"items": [{"id": 1, "state": "indexed", "colour": "red"}]}, False),
+    ({"items": [{"state": "indexed"}]}, False),
+    ({"items": []}, False),
+    ({"items": [{"id": 1, "state": "indexed"}], "model": "m"}, False),
+]
+
+
+@pytest.mark.parametrize(("body", "accepted"), INDEX_STATES_CASES)
+def test_index_states_update_schema_agrees_with_the_code(
+    catalog: FlaskClient, body: Any, accepted: bool
+) -> None:
+    add(catalog, 1)
+    add(catalog, 2)
+    assert (not schema_errors("/components/schemas/IndexStatesUpdate", body)) is accepted
+    response = catalog.put(STATES, json=body)
+    assert (response.status_code == 200) is accepted
+    check(response, STATES_PATH, "put")

@@ -13,15 +13,19 @@ from medsearch_client.cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    Job,
     Outcome,
     Tally,
+    batches,
     describe_failure,
     format_results,
     main,
     outcome_of,
     report,
+    run_jobs,
 )
 from medsearch_client.client import GatewayError, Image, ImageMetadata, Indexed, SearchHit
+from medsearch_client.sources import IngestItem
 
 # Nothing listens here: a test that reached the network would fail, not pass.
 NOWHERE = "http://127.0.0.1:9"
@@ -214,3 +218,41 @@ def test_url_before_or_after_the_command_and_from_the_environment(
     monkeypatch.setenv("MEDSEARCH_URL", "env:1")
     assert main(["stats"]) == EXIT_USAGE
     assert "'env:1'" in capsys.readouterr().err
+
+
+def _item(path: Path, size: int) -> IngestItem:
+    path.write_bytes(b"x" * size)
+    return IngestItem(path=path, metadata={"dataset": "t"})
+
+
+def test_batches_keep_order_and_split_by_count_and_by_bytes(tmp_path: Path) -> None:
+    items = [_item(tmp_path / f"{i}.png", 10) for i in range(7)]
+    assert [len(b) for b in batches(items, 3, 1000)] == [3, 3, 1]
+    assert [i for b in batches(items, 3, 1000) for i in b] == items
+    # 10-byte files, at most 25 bytes a request: two at a time, whatever the count allows.
+    assert [len(b) for b in batches(items, 5, 25)] == [2, 2, 2, 1]
+    # One file over the limit still goes, alone: the gateway says what is wrong with it.
+    big = [_item(tmp_path / "big.png", 100), *items[:2]]
+    assert [len(b) for b in batches(big, 5, 25)] == [1, 2]
+
+
+def test_a_batch_counts_each_image_and_a_failed_request_fails_all_of_its_images() -> None:
+    outage = GatewayError(503, {"detail": "search is unavailable", "dependency": "search"})
+    refused = GatewayError(422, {"detail": "the PNG image is truncated"})
+
+    def failing_request() -> list[Indexed]:
+        raise GatewayError(400, {"detail": "bad form"})
+
+    jobs = [
+        Job(["a.png", "b.png", "c.png"], lambda: [Indexed(image(1), "m", True, False), refused, outage]),
+        Job(["d.png", "e.png"], failing_request),
+        Job(["f.png"], lambda: [OSError(13, "Permission denied")]),
+    ]
+    tally = run_jobs(jobs, 2, "test")
+    assert tally.counts[Outcome.NEW] == 1
+    # Jobs finish in any order; each image is counted once.
+    assert sorted(name for name, _ in tally.failures) == ["b.png", "c.png", "d.png", "e.png", "f.png"]
+    reasons = dict(tally.failures)
+    assert "truncated" in reasons["b.png"] and "HTTP 503, search" in reasons["c.png"]
+    assert "bad form" in reasons["e.png"] and "Permission denied" in reasons["f.png"]
+    assert tally.exit_code() == EXIT_FAILED and tally.not_tried == 0

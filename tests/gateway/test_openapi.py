@@ -298,6 +298,29 @@ def test_add_refusals(gateway: FlaskClient, indexed: list[Indexed]) -> None:
     assert check(gateway.get(STATS), STATS, "get")["images"] == before
 
 
+def test_batch_answers(gateway: FlaskClient, indexed: list[Indexed]) -> None:
+    batch = "/api/v1/images/batch"
+    good = fresh_png()
+    response = gateway.post(
+        batch,
+        data={
+            "image": [(io.BytesIO(good), "a"), (io.BytesIO(good[:40]), "b")],
+            "metadata": json.dumps([{"dataset": "openapi"}, {"dataset": "openapi"}]),
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    items = check(response, batch, "post")["items"]
+    try:
+        assert [item["status"] for item in items] == [201, 422]
+    finally:
+        gateway.delete(f"/api/v1/images/{items[0]['image']['id']}")
+    no_metadata = gateway.post(
+        batch, data={"image": [(io.BytesIO(good), "a")]}, content_type="multipart/form-data"
+    )
+    problem(no_metadata, batch, "post", 400, "invalid-request")
+
+
 @pytest.mark.parametrize(
     ("part", "types"), [("file", {"image/png"}), ("thumbnail", {"image/webp", "image/png"})]
 )

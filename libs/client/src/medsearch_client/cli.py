@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import Enum
@@ -31,7 +31,7 @@ from medsearch_client.client import (
     Indexed,
     SearchHit,
 )
-from medsearch_client.sources import FORMATS, SourceError, SourceOptions, read_source
+from medsearch_client.sources import FORMATS, IngestItem, SourceError, SourceOptions, read_source
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -42,6 +42,12 @@ DEFAULT_TIMEOUT_S = 300.0
 # After this many images in a row failed with the gateway saying a service is down (each
 # after its retries), the rest are not tried: re-running resumes where this stopped.
 OUTAGE_LIMIT = 10
+# Images per ingest request: the gateway takes up to 32; its upload limit (64 MiB by
+# default) bounds the bytes of one request.
+MAX_BATCH_SIZE = 32
+MAX_BATCH_BYTES = 48 * 1024 * 1024
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_INGEST_CONCURRENCY = 4
 
 
 class Outcome(Enum):
@@ -102,12 +108,23 @@ class Tally:
         return EXIT_FAILED if self.failures or self.not_tried else EXIT_OK
 
 
+# What one image of a job came to: indexed, or why not (the gateway's answer, or a file
+# that could not be read).
+Result = Indexed | GatewayError | OSError
+
+
 @dataclass(frozen=True)
 class Job:
-    """One image to send: `name` is how a failure names it (a file, an image ID)."""
+    """Images sent in one request: `names` say how failures name them (files, image IDs),
+    and `run` gives one result per name, in order."""
 
-    name: str
-    run: Callable[[], Indexed]
+    names: list[str]
+    run: Callable[[], Sequence[Result]]
+
+
+def single(name: str, call: Callable[[], Indexed]) -> Job:
+    """A job of one image and one call."""
+    return Job([name], lambda: [call()])
 
 
 def run_jobs(jobs: Sequence[Job], concurrency: int, description: str) -> Tally:
@@ -115,10 +132,11 @@ def run_jobs(jobs: Sequence[Job], concurrency: int, description: str) -> Tally:
     are queued ahead of the workers, so an outage or Ctrl-C stops the batch promptly."""
     tally = Tally()
     queue = iter(jobs)
-    running: dict[Future[Indexed], Job] = {}
+    running: dict[Future[Sequence[Result]], Job] = {}
+    total = sum(len(job.names) for job in jobs)
     with (
         ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="medsearch") as pool,
-        tqdm(total=len(jobs), desc=description, unit="img", file=sys.stderr, disable=None) as bar,
+        tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None) as bar,
     ):
         try:
             for job in islice(queue, 2 * concurrency):
@@ -126,9 +144,10 @@ def run_jobs(jobs: Sequence[Job], concurrency: int, description: str) -> Tally:
             while running and tally.outage_streak < OUTAGE_LIMIT:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    _record(tally, running.pop(future), future)
+                    job = running.pop(future)
+                    _record(tally, job, future)
+                    bar.update(len(job.names))
                 bar.set_postfix_str(tally.summary(), refresh=False)
-                bar.update(len(done))
                 for job in islice(queue, len(done)):
                     running[pool.submit(job.run)] = job
         except KeyboardInterrupt:
@@ -138,20 +157,25 @@ def run_jobs(jobs: Sequence[Job], concurrency: int, description: str) -> Tally:
     # Leaving the pool waited for the jobs that were already running: count what they did.
     for future, job in running.items():
         if future.cancelled():
-            tally.not_tried += 1
+            tally.not_tried += len(job.names)
         else:
             _record(tally, job, future)
-    tally.not_tried += sum(1 for _ in queue)
+    tally.not_tried += sum(len(job.names) for job in queue)
     return tally
 
 
-def _record(tally: Tally, job: Job, future: Future[Indexed]) -> None:
+def _record(tally: Tally, job: Job, future: Future[Sequence[Result]]) -> None:
     try:
-        tally.add(outcome_of(future.result()))
-    except GatewayError as exc:
-        tally.fail(job.name, describe_failure(exc), outage=exc.retryable)
-    except OSError as exc:
-        tally.fail(job.name, f"cannot read the file: {exc.strerror or exc}")
+        results: Sequence[Result] = future.result()
+    except (GatewayError, OSError) as exc:
+        results = [exc] * len(job.names)  # the whole request failed: each image with it
+    for name, result in zip(job.names, results, strict=True):
+        if isinstance(result, GatewayError):
+            tally.fail(name, describe_failure(result), outage=result.retryable)
+        elif isinstance(result, OSError):
+            tally.fail(name, f"cannot read the file: {result.strerror or result}")
+        else:
+            tally.add(outcome_of(result))
 
 
 def report(tally: Tally) -> int:
@@ -186,8 +210,44 @@ def ingest(args: argparse.Namespace, client: GatewayClient) -> int:
         print(f"skipping {len(source.missing)} rows whose image file is missing", file=sys.stderr)
     model = _active_model(client)
     print(f"ingesting {len(source.items)} images into {client.base_url} (model {model})", file=sys.stderr)
-    jobs = [Job(str(item.path), partial(client.add_image, item.path, item.metadata)) for item in source.items]
+    jobs = [
+        Job([str(item.path) for item in batch], partial(_ingest_batch, client, batch))
+        for batch in batches(source.items, args.batch_size, MAX_BATCH_BYTES)
+    ]
     return report(run_jobs(jobs, args.concurrency, "ingest"))
+
+
+def batches(items: Sequence[IngestItem], size: int, max_bytes: int) -> Iterator[list[IngestItem]]:
+    """The items in order, `size` at a time, fewer where their files would pass `max_bytes`
+    together (the gateway takes one request of about its upload limit)."""
+    batch: list[IngestItem] = []
+    weight = 0
+    for item in items:
+        try:
+            item_bytes = item.path.stat().st_size
+        except OSError:
+            item_bytes = 0  # reading it fails in the batch, and names the file
+        if batch and (len(batch) == size or weight + item_bytes > max_bytes):
+            yield batch
+            batch, weight = [], 0
+        batch.append(item)
+        weight += item_bytes
+    if batch:
+        yield batch
+
+
+def _ingest_batch(client: GatewayClient, batch: Sequence[IngestItem]) -> list[Result]:
+    """One request for the batch's readable files; an unreadable one fails alone."""
+    results: list[Result | None] = []
+    readable: list[tuple[bytes, Mapping[str, Any]]] = []
+    for item in batch:
+        try:
+            readable.append((item.path.read_bytes(), item.metadata))
+            results.append(None)
+        except OSError as exc:
+            results.append(exc)
+    answers = iter(client.add_images(readable) if readable else [])
+    return [result if result is not None else next(answers) for result in results]
 
 
 def reindex(args: argparse.Namespace, client: GatewayClient) -> int:
@@ -199,7 +259,8 @@ def reindex(args: argparse.Namespace, client: GatewayClient) -> int:
         images = list(client.iter_pending(include_failed=args.include_failed))
     print(f"{len(images)} images to index for model {model}", file=sys.stderr)
     jobs = [
-        Job(_image_name(image), partial(client.index_image, image["id"], force=args.all)) for image in images
+        single(_image_name(image), partial(client.index_image, image["id"], force=args.all))
+        for image in images
     ]
     return report(run_jobs(jobs, args.concurrency, "reindex"))
 
@@ -309,6 +370,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int:
+    size = _positive_int(text)
+    if size > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"the gateway takes at most {MAX_BATCH_SIZE} images per request")
+    return size
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -390,7 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ingest the CSV's rows whose file exists, rather than refuse a CSV that names missing files",
     )
-    cmd.add_argument("--concurrency", type=_positive_int, default=4, help="parallel uploads (default 4)")
+    cmd.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per request (1-{MAX_BATCH_SIZE}, default {DEFAULT_BATCH_SIZE})",
+    )
+    cmd.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_INGEST_CONCURRENCY,
+        help=f"parallel requests (default {DEFAULT_INGEST_CONCURRENCY})",
+    )
     cmd.set_defaults(handler=ingest)
 
     cmd = commands.add_parser("search", parents=[connection], help="find the images most like an X-ray")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -204,6 +204,40 @@ class GatewayClient:
         )
         return _indexed(response)
 
+    def add_images(
+        self, images: Sequence[tuple[Path | bytes, Mapping[str, Any]]]
+    ) -> list[Indexed | GatewayError]:
+        """Store and index up to 32 images in one request: each is indexed or fails on its
+        own, and comes back in order. Those that failed with a service down are sent again,
+        with the same backoff as any call."""
+        parts = [_image_part(image, "") for image, _ in images]
+        metadata = [dict(fields) for _, fields in images]
+        results: list[Indexed | GatewayError] = [
+            GatewayError(None, {"detail": "not sent"}, retryable=False) for _ in images
+        ]
+        todo = list(range(len(images)))
+        for attempt in range(1, self.retry.attempts + 1):
+            response = self._request(
+                "POST",
+                "/api/v1/images/batch",
+                files=[("image", parts[i]) for i in todo],
+                data={"metadata": json.dumps([metadata[i] for i in todo])},
+            )
+            again = []
+            for position, item in zip(todo, _json(response)["items"], strict=True):
+                status = int(item["status"])
+                if status < 300:
+                    results[position] = _indexed_item(item, created=status == 201)
+                else:
+                    results[position] = GatewayError(status, item)
+                    if is_retryable(status):
+                        again.append(position)
+            if not again or attempt == self.retry.attempts:
+                break
+            self._sleep(self.retry.delay(attempt))
+            todo = again
+        return results
+
     def index_image(self, image_id: int, *, force: bool = False) -> Indexed:
         """(Re)index a stored image for the active model; `force` even when it is indexed."""
         params = {"force": "true"} if force else None
@@ -320,11 +354,14 @@ def _json(response: requests.Response) -> Any:
 
 
 def _indexed(response: requests.Response) -> Indexed:
-    body = _json(response)
+    return _indexed_item(_json(response), created=response.status_code == 201)
+
+
+def _indexed_item(body: Mapping[str, Any], *, created: bool) -> Indexed:
     return Indexed(
         image=body["image"],
         model_id=body["model_id"],
-        created=response.status_code == 201,
+        created=created,
         already_indexed=bool(body.get("already_indexed", False)),
     )
 

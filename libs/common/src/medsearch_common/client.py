@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
 from medsearch_common.context import REQUEST_ID_HEADER, current_request_id
@@ -85,6 +86,7 @@ class ServiceClient:
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
+        pool_size: int = 10,
     ) -> None:
         self.service = service
         self.base_url = base_url.rstrip("/")
@@ -92,6 +94,11 @@ class ServiceClient:
         self.read_timeout_s = read_timeout_s
         self.retry = retry or RetryPolicy()
         self._session = requests.Session()
+        # One kept-alive connection per thread that calls this service: a smaller pool
+        # would close and reopen connections under load.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
 
     def request(
         self,

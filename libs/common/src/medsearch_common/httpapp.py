@@ -7,6 +7,7 @@ logged; one JSON access-log line a request; Prometheus `/metrics`; `/healthz`; `
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from medsearch_common.client import UpstreamFailed, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from medsearch_common.context import REQUEST_ID_HEADER, accept_request_id, set_request_id
-from medsearch_common.problems import problem_response, slug_of
+from medsearch_common.problems import PROBLEM_MIME, problem_body, problem_response, slug_of
 
 log = logging.getLogger("medsearch.http")
 
@@ -103,8 +104,6 @@ def create_service_app(
     def forget_request_id(_exc: BaseException | None) -> None:
         set_request_id(None)
 
-    statuses = {**_COMMON_ERROR_STATUSES, **(error_statuses or {})}
-
     @app.errorhandler(Exception)
     def handle_error(exc: Exception) -> Response | HTTPException:
         if isinstance(exc, HTTPException):
@@ -117,14 +116,13 @@ def create_service_app(
             if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
                 response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
             return response
-        for exc_type in type(exc).__mro__:
-            status = statuses.get(exc_type)
-            if status is not None:
-                if status >= 500:
-                    log.warning("dependency failure", extra={"error": str(exc), "kind": type(exc).__name__})
-                response = problem_response(status, str(exc), slug=slug_of(type(exc)), **_extensions_of(exc))
-                response.headers.update(_headers_of(exc))
-                return response
+        body = error_problem(exc, error_statuses)
+        if body is not None:
+            if body["status"] >= 500:
+                log.warning("dependency failure", extra={"error": str(exc), "kind": type(exc).__name__})
+            response = Response(json.dumps(body), status=body["status"], mimetype=PROBLEM_MIME)
+            response.headers.update(_headers_of(exc))
+            return response
         log.exception("unhandled error")
         return problem_response(500, "The service failed unexpectedly; the request ID is in the logs.")
 
@@ -155,6 +153,20 @@ def metrics_registry(app: Flask) -> CollectorRegistry:
     """The registry a service's own metrics go into."""
     registry: CollectorRegistry = app.extensions[METRICS_EXTENSION]
     return registry
+
+
+def error_problem(
+    exc: Exception, error_statuses: Mapping[type[Exception], int] | None = None
+) -> dict[str, Any] | None:
+    """The problem body of a domain error (the first of its classes with a status in
+    `error_statuses` or the common ones); None for an error nobody mapped. Also how a batch
+    answer describes the items that failed."""
+    statuses = {**_COMMON_ERROR_STATUSES, **(error_statuses or {})}
+    for exc_type in type(exc).__mro__:
+        status = statuses.get(exc_type)
+        if status is not None:
+            return problem_body(status, str(exc), slug=slug_of(type(exc)), **_extensions_of(exc))
+    return None
 
 
 def _extensions_of(exc: Exception) -> dict[str, Any]:

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from werkzeug.datastructures import FileStorage
 
-from medsearch_catalog.errors import InvalidMetadata, MalformedRequest
-from medsearch_catalog.images import ImageLimits, check_image
+from medsearch_catalog.errors import BatchTooLarge, InvalidMetadata, MalformedRequest, status_of
+from medsearch_catalog.images import ImageLimits
+from medsearch_catalog.ingest import ImageUpload, IngestOutcome, RefusedImage, ingest_images
 from medsearch_catalog.metadata import (
     MAX_METADATA_BYTES,
-    MAX_TEXT_CHARS,
-    SEXES,
     load_json,
     load_metadata_json,
-    parse_metadata,
     parse_metadata_changes,
 )
+from medsearch_catalog.parsing import (
+    MAX_BATCH_IMAGES,
+    decode_cursor,
+    encode_cursor,
+    flag_arg,
+    int_arg,
+    parse_filter,
+    parse_id_list,
+    parse_image_id,
+    parse_index_state,
+    parse_index_states,
+    parse_metadata_list,
+    parse_model_id,
+)
 from medsearch_catalog.repository import (
-    INDEX_STATES,
     CatalogStats,
     ImageFilter,
     ImageRecord,
@@ -32,16 +41,15 @@ from medsearch_catalog.repository import (
     IndexState,
     StoredFile,
 )
-from medsearch_common.problems import problem_response
+from medsearch_common.problems import problem_response, problem_type, slug_of
 
 CATALOG_EXTENSION = "medsearch_catalog"
-MAX_BATCH_IDS = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-MAX_REASON_CHARS = 2000
-_MAX_BIGINT = 2**63 - 1
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_DIGITS = re.compile(r"[0-9]{1,19}")
+# A batch's metadata array (as large as a form's text field may be), and a batch of index
+# states: room for 500 with reasons of 2000 characters.
+MAX_BATCH_METADATA_BYTES = 1024 * 1024
+MAX_INDEX_STATES_BYTES = 2 * 1024 * 1024
 # The bytes behind an ID never change, so caches may keep them; private: medical data.
 _FILE_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
@@ -57,11 +65,17 @@ blueprint = Blueprint("catalog", __name__, url_prefix="/v1")
 class CatalogContext:
     repository: ImageRepository
     limits: ImageLimits
+    decode_pool: Executor
 
 
 def _context() -> CatalogContext:
     context: CatalogContext = current_app.extensions[CATALOG_EXTENSION]
     return context
+
+
+def _ingest(uploads: list[ImageUpload]) -> list[IngestOutcome]:
+    context = _context()
+    return ingest_images(context.repository, context.limits, uploads, map_decode=context.decode_pool.map)
 
 
 @blueprint.post("/images")
@@ -72,11 +86,30 @@ def create_image() -> tuple[Response, int, dict[str, str]]:
             "send exactly one image in the multipart field 'file'"
             + (f" (got {len(uploads)})" if uploads else "")
         )
-    metadata = parse_metadata(load_metadata_json(_metadata_text()))
-    image = check_image(uploads[0].read(), _context().limits)
-    record, created = _context().repository.add_image(image, metadata)
-    location = url_for(".get_image", image_id=record.id)
-    return jsonify(image_json(record)), 201 if created else 200, {"Location": location}
+    text = _metadata_text(MAX_METADATA_BYTES, too_large=InvalidMetadata)
+    if text is None:
+        raise InvalidMetadata(
+            "the multipart field 'metadata' (a JSON object with at least 'dataset') is required"
+        )
+    outcome = _ingest([ImageUpload(uploads[0].read(), load_metadata_json(text))])[0]
+    if isinstance(outcome, RefusedImage):
+        raise outcome.error
+    location = url_for(".get_image", image_id=outcome.record.id)
+    return jsonify(image_json(outcome.record)), 201 if outcome.created else 200, {"Location": location}
+
+
+@blueprint.post("/images/batch")
+def create_images() -> Response:
+    """Up to MAX_BATCH_IMAGES images, each stored or refused on its own."""
+    uploads = _batch_files()
+    text = _metadata_text(MAX_BATCH_METADATA_BYTES, too_large=BatchTooLarge)
+    if text is None:
+        raise MalformedRequest(
+            "the multipart field 'metadata' (a JSON array, one object per file) is required"
+        )
+    metadata = parse_metadata_list(load_json(text, "metadata", limit=MAX_BATCH_METADATA_BYTES), len(uploads))
+    outcomes = _ingest([ImageUpload(u.read(), m) for u, m in zip(uploads, metadata, strict=True)])
+    return jsonify(items=[outcome_json(i, outcome) for i, outcome in enumerate(outcomes)])
 
 
 @blueprint.get("/images/<image_id>")
@@ -101,7 +134,7 @@ def list_images() -> Response:
 def list_pending(model_id: str) -> Response:
     """Images to (re)index for a model: never indexed or pending, and failed when asked."""
     _refuse_unknown_params({"limit", "cursor", "include_failed"})
-    states = ("pending", "failed") if _flag("include_failed") else ("pending",)
+    states = ("pending", "failed") if flag_arg(request.args, "include_failed") else ("pending",)
     return _page(ImageFilter(model_id=parse_model_id(model_id), index_state=states))
 
 
@@ -141,26 +174,26 @@ def delete_image(image_id: str) -> tuple[str, int]:
 
 @blueprint.put("/images/<image_id>/index-state/<model_id>")
 def set_index_state(image_id: str, model_id: str) -> Response:
-    body = _json_body("the index state")
-    if not isinstance(body, dict):
-        raise InvalidMetadata("the body must be a JSON object with 'state' and, when failed, 'reason'")
-    unknown = sorted(set(body) - {"state", "reason"})
-    if unknown:
-        raise InvalidMetadata(f"unknown field(s): {', '.join(unknown)}; known fields are: state, reason")
-    state, reason = body.get("state"), body.get("reason")
-    if state not in INDEX_STATES:
-        raise InvalidMetadata(f"state must be one of {', '.join(INDEX_STATES)}, got {state!r}")
-    if state == "failed":
-        if isinstance(reason, str):
-            reason = reason.replace("\x00", "").strip()[:MAX_REASON_CHARS]
-        if not isinstance(reason, str) or not reason:
-            raise InvalidMetadata("a failed state needs a 'reason' (a non-empty string)")
-    elif reason is not None:
-        raise InvalidMetadata(f"'reason' is only for the failed state, not {state}")
+    change = parse_index_state(_json_body("the index state"), parse_image_id(image_id))
     saved = _context().repository.set_index_state(
-        parse_image_id(image_id), parse_model_id(model_id), state, reason
+        change.image_id, parse_model_id(model_id), change.state, change.reason
     )
     return jsonify(model_id=model_id, **index_state_json(saved))
+
+
+@blueprint.put("/models/<model_id>/index-states")
+def set_index_states(model_id: str) -> Response:
+    """Many images' states for one model, all set together or none."""
+    model_id = parse_model_id(model_id)
+    changes = parse_index_states(
+        _json_body("the index states", limit=MAX_INDEX_STATES_BYTES, too_large=BatchTooLarge)
+    )
+    saved, missing = _context().repository.set_index_states(model_id, changes)
+    return jsonify(
+        model_id=model_id,
+        items=[{"id": image_id, **index_state_json(state)} for image_id, state in saved],
+        missing=missing,
+    )
 
 
 @blueprint.get("/openapi.json")
@@ -169,88 +202,11 @@ def openapi() -> Response:
     return Response(document, mimetype="application/json")
 
 
-# -- parsing ----------------------------------------------------------------------------
-
-
-def parse_image_id(raw: str) -> int:
-    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= _MAX_BIGINT:
-        raise MalformedRequest(f"an image ID is a positive integer, got {raw[:40]!r}")
-    return int(raw)
-
-
-def parse_id_list(raw: str) -> list[int]:
-    parts = [p.strip() for p in raw.split(",") if p.strip()]
-    if not parts:
-        raise MalformedRequest("'ids' must list at least one image ID, separated by commas")
-    if len(parts) > MAX_BATCH_IDS:
-        raise MalformedRequest(f"'ids' lists {len(parts)} IDs; the limit is {MAX_BATCH_IDS}")
-    return [parse_image_id(p) for p in parts]
-
-
-def parse_model_id(raw: str) -> str:
-    if not _MODEL_ID.fullmatch(raw):
-        raise MalformedRequest(
-            "a model ID is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit;"
-            f" got {raw[:40]!r}"
-        )
-    return raw
-
-
-def parse_filter(args: Any) -> ImageFilter:
-    def texts(name: str) -> tuple[str, ...]:
-        values = tuple(v.strip() for v in args.getlist(name) if v.strip())
-        if any(len(v) > MAX_TEXT_CHARS for v in values):
-            raise MalformedRequest(f"'{name}' is longer than {MAX_TEXT_CHARS} characters")
-        return values
-
-    index_states = texts("index_state")
-    bad_states = [s for s in index_states if s not in INDEX_STATES]
-    if bad_states:
-        raise MalformedRequest(f"index_state must be one of {', '.join(INDEX_STATES)}, got {bad_states[0]!r}")
-    model_id = args.get("model_id")
-    if bool(index_states) != (model_id is not None):
-        raise MalformedRequest("'index_state' and 'model_id' go together: the state is per model")
-    age_min, age_max = _int_arg("age_min", 0, 130), _int_arg("age_max", 0, 130)
-    if age_min is not None and age_max is not None and age_min > age_max:
-        raise MalformedRequest(f"age_min ({age_min}) is greater than age_max ({age_max})")
-    return ImageFilter(
-        dataset=texts("dataset"),
-        patient_id=texts("patient_id"),
-        external_id=texts("external_id"),
-        finding=texts("finding"),
-        sex=_sexes(texts("sex")),
-        view_position=tuple(v.upper() for v in texts("view_position")),
-        age_min=age_min,
-        age_max=age_max,
-        model_id=parse_model_id(model_id) if model_id is not None else None,
-        index_state=index_states,
-    )
-
-
-def _sexes(values: tuple[str, ...]) -> tuple[str, ...]:
-    sexes = tuple(v.upper() for v in values)
-    bad = [v for v in sexes if v not in SEXES]
-    if bad:
-        raise MalformedRequest(f"'sex' must be one of {', '.join(SEXES)}, got {bad[0][:40]!r}")
-    return sexes
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
-        raise MalformedRequest("'cursor' is not a cursor this service gave out") from None
-    if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= _MAX_BIGINT:
-        raise MalformedRequest("'cursor' is not a cursor this service gave out")
-    return after
+# -- reading the request ---------------------------------------------------------------
 
 
 def _page(image_filter: ImageFilter) -> Response:
-    limit = _int_arg("limit", 1, MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
+    limit = int_arg(request.args, "limit", 1, MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
     cursor = request.args.get("cursor")
     after_id = decode_cursor(cursor) if cursor else 0
     # One more than asked tells whether another page follows.
@@ -266,50 +222,53 @@ def _refuse_unknown_params(known: set[str]) -> None:
         raise MalformedRequest(f"unknown parameter(s): {', '.join(unknown)}")
 
 
-def _int_arg(name: str, minimum: int, maximum: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    if not _DIGITS.fullmatch(raw):
-        raise MalformedRequest(f"'{name}' must be an integer, got {raw[:40]!r}")
-    value = int(raw)
-    if not minimum <= value <= maximum:
-        raise MalformedRequest(f"'{name}' must be between {minimum} and {maximum}, got {value}")
-    return value
+def _batch_files() -> list[FileStorage]:
+    """The files of the field 'file', 1 to MAX_BATCH_IMAGES; anything but them and 'metadata' is refused."""
+    if request.mimetype != "multipart/form-data":
+        raise MalformedRequest(
+            "send the images as multipart/form-data, one file per part in the field 'file'"
+            + (f" (got {request.mimetype})" if request.mimetype else "")
+        )
+    others = sorted({*request.files, *request.form} - {"file", "metadata"})
+    if others:
+        raise MalformedRequest(f"unexpected field(s) {', '.join(map(repr, others))}: send images in 'file'")
+    if "file" in request.form:
+        raise MalformedRequest("the field 'file' must hold files, not text")
+    uploads = request.files.getlist("file")
+    if not uploads:
+        raise MalformedRequest("no file in the multipart field 'file'")
+    if len(uploads) > MAX_BATCH_IMAGES:
+        raise BatchTooLarge(f"{len(uploads)} images in one batch; the limit is {MAX_BATCH_IMAGES}")
+    return uploads
 
 
-def _flag(name: str) -> bool:
-    raw = request.args.get(name, "false").lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise MalformedRequest(f"'{name}' must be true or false, got {raw[:40]!r}")
-    return raw in ("true", "1")
-
-
-def _metadata_text() -> str:
-    """The metadata JSON: a form field, or a file part for clients that send it so."""
+def _metadata_text(limit: int, too_large: type[Exception]) -> str | None:
+    """The metadata JSON: a form field, or a file part for clients that send it so; None if absent."""
     if "metadata" in request.form:
-        return request.form["metadata"]
-    part = request.files.get("metadata")
-    if part is not None:
+        data: bytes = request.form["metadata"].encode()
+    else:
+        part = request.files.get("metadata")
+        if part is None:
+            return None
         # One byte past the limit is enough for the size check to refuse it.
-        data: bytes = part.read(MAX_METADATA_BYTES + 1)
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            if len(data) > MAX_METADATA_BYTES:
-                raise InvalidMetadata(
-                    f"metadata is larger than the limit of {MAX_METADATA_BYTES} bytes"
-                ) from None
-            raise MalformedRequest("the metadata part is not UTF-8 text") from None
-    raise InvalidMetadata(
-        "the multipart field 'metadata' (a JSON object with at least 'dataset') is required"
-    )
+        data = part.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(f"metadata is over its size limit; the limit is {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedRequest("the metadata part is not UTF-8 text") from None
 
 
-def _json_body(what: str) -> Any:
-    if not request.data:
+def _json_body(
+    what: str, limit: int = MAX_METADATA_BYTES, too_large: type[Exception] = InvalidMetadata
+) -> Any:
+    data = request.get_data()
+    if not data:
         raise MalformedRequest("the request body must be JSON")
-    return load_json(request.get_data(), what)
+    if len(data) > limit:
+        raise too_large(f"{what} is {len(data)} bytes; the limit is {limit}")
+    return load_json(data, what, limit=limit)
 
 
 def _file_response(stored: StoredFile, *, etag: str) -> Response:
@@ -338,6 +297,18 @@ def image_json(record: ImageRecord) -> dict[str, Any]:
         "metadata": record.metadata.to_json(),
         "index_states": {model: index_state_json(s) for model, s in record.index_states.items()},
     }
+
+
+def outcome_json(index: int, outcome: IngestOutcome) -> dict[str, Any]:
+    if isinstance(outcome, RefusedImage):
+        error = outcome.error
+        return {
+            "index": index,
+            "status": status_of(error),
+            "type": problem_type(slug_of(type(error))),
+            "detail": str(error),
+        }
+    return {"index": index, "status": 201 if outcome.created else 200, "image": image_json(outcome.record)}
 
 
 def stats_json(stats: CatalogStats) -> dict[str, Any]:

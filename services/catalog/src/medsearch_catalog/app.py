@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import atexit
+from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask
 from psycopg_pool import ConnectionPool
 
-from medsearch_catalog import errors
 from medsearch_catalog.api import CATALOG_EXTENSION, CatalogContext, blueprint
+from medsearch_catalog.errors import ERROR_STATUSES
 from medsearch_catalog.images import ImageLimits
 from medsearch_catalog.repository import ImageRepository
 from medsearch_catalog.settings import CatalogSettings
 from medsearch_common.httpapp import create_service_app
-
-ERROR_STATUSES: dict[type[Exception], int] = {
-    errors.ImageRejected: 422,
-    errors.NotAnImage: 415,
-    errors.UnsupportedImageFormat: 415,
-    errors.UploadTooLarge: 413,
-    errors.TooManyPixels: 422,
-    errors.InvalidMetadata: 422,
-    errors.MalformedRequest: 400,
-    errors.ImageNotFound: 404,
-    errors.DatabaseUnavailable: 503,
-}
 
 # Room for the metadata part and multipart framing beyond the image itself.
 _FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -56,6 +45,7 @@ def create_pool(settings: CatalogSettings) -> ConnectionPool:
 def create_app(settings: CatalogSettings, pool: ConnectionPool | None = None) -> Flask:
     pool = pool or create_pool(settings)
     repository = ImageRepository(pool, connection_timeout_s=settings.db_timeout_s)
+    decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="catalog-decode")
     app = create_service_app(
         "catalog",
         readiness=lambda: {"postgresql": repository.check()},
@@ -70,9 +60,11 @@ def create_app(settings: CatalogSettings, pool: ConnectionPool | None = None) ->
             max_pixels=settings.max_image_pixels,
             thumbnail_px=settings.thumbnail_px,
         ),
+        decode_pool=decode_pool,
     )
     app.register_blueprint(blueprint)
     atexit.register(pool.close)
+    atexit.register(decode_pool.shutdown, cancel_futures=True)
     # Migrate now when the database is there; otherwise the first request or /readyz will.
     repository.check()
     return app

@@ -1,4 +1,4 @@
-"""What can go wrong in the catalog, in the domain's words; the app maps each to a status."""
+"""What can go wrong in the catalog, in the domain's words, and the HTTP status of each."""
 
 
 class ImageRejected(Exception):
@@ -25,8 +25,16 @@ class InvalidMetadata(Exception):
     """Metadata is malformed, has unknown fields, wrong types or values out of range (422)."""
 
 
+class InvalidIndexState(Exception):
+    """An indexing state update is malformed: unknown state, a reason missing or not allowed (422)."""
+
+
 class MalformedRequest(Exception):
     """The request itself cannot be read: bad JSON, a missing part, a bad parameter (400)."""
+
+
+class BatchTooLarge(Exception):
+    """A batch over its limits: too many images or items, or too much JSON; split it (413)."""
 
 
 class ImageNotFound(Exception):
@@ -35,3 +43,23 @@ class ImageNotFound(Exception):
 
 class DatabaseUnavailable(Exception):
     """PostgreSQL cannot be reached or did not answer in time (503)."""
+
+
+# The HTTP status of each error; a subclass not listed takes its nearest listed parent's.
+ERROR_STATUSES: dict[type[Exception], int] = {
+    ImageRejected: 422,
+    NotAnImage: 415,
+    UnsupportedImageFormat: 415,
+    UploadTooLarge: 413,
+    TooManyPixels: 422,
+    InvalidMetadata: 422,
+    InvalidIndexState: 422,
+    MalformedRequest: 400,
+    BatchTooLarge: 413,
+    ImageNotFound: 404,
+    DatabaseUnavailable: 503,
+}
+
+
+def status_of(error: Exception) -> int:
+    return next(ERROR_STATUSES[c] for c in type(error).__mro__ if c in ERROR_STATUSES)

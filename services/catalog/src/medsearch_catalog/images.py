@@ -49,6 +49,14 @@ class ImageLimits:
 
 
 @dataclass(frozen=True)
+class ScreenedImage:
+    """Bytes sent as an image, within the size limit, not decoded yet."""
+
+    data: bytes
+    sha256: str
+
+
+@dataclass(frozen=True)
 class CheckedImage:
     """An upload that decoded completely, with what the catalog stores about it."""
 
@@ -73,13 +81,39 @@ def sniff_format(data: bytes) -> str:
     raise NotAnImage("the file is not an image: its content is neither PNG nor JPEG")
 
 
-def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
-    """Decode the whole image within the limits and make its thumbnail."""
+def screen_upload(data: bytes, limits: ImageLimits) -> ScreenedImage:
+    """The checks that need no decoding, and the sha256 that says whether the bytes are stored."""
     if not data:
         raise NotAnImage("the file is empty")
     if len(data) > limits.max_bytes:
         raise UploadTooLarge(f"the file is {len(data)} bytes; the limit is {limits.max_bytes}")
-    image_format = sniff_format(data)
+    return ScreenedImage(data=data, sha256=hashlib.sha256(data).hexdigest())
+
+
+def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
+    """Decode the whole image within the limits and make its thumbnail."""
+    return check_screened(screen_upload(data, limits), limits)
+
+
+def check_screened(screened: ScreenedImage, limits: ImageLimits) -> CheckedImage:
+    """Decode a screened upload completely and make its thumbnail."""
+    image_format = sniff_format(screened.data)
+    image = decode_image(screened.data, image_format, limits)
+    upright = ImageOps.exif_transpose(image)
+    thumbnail, thumbnail_mime = make_thumbnail(upright, limits.thumbnail_px)
+    return CheckedImage(
+        data=screened.data,
+        sha256=screened.sha256,
+        mime_type=SUPPORTED_FORMATS[image_format],
+        width=upright.width,
+        height=upright.height,
+        thumbnail=thumbnail,
+        thumbnail_mime=thumbnail_mime,
+    )
+
+
+def decode_image(data: bytes, image_format: str, limits: ImageLimits) -> Image.Image:
+    """Every pixel decoded (and every PNG chunk checked), within the pixel limit."""
     try:
         image = Image.open(io.BytesIO(data), formats=[image_format])
         pixels = image.width * image.height
@@ -96,18 +130,7 @@ def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
         raise ImageRejected(f"the {image_format} file is corrupt: its header cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(f"the {image_format} image is truncated or corrupt: {exc}") from None
-
-    upright = ImageOps.exif_transpose(image)
-    thumbnail, thumbnail_mime = make_thumbnail(upright, limits.thumbnail_px)
-    return CheckedImage(
-        data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        mime_type=SUPPORTED_FORMATS[image_format],
-        width=upright.width,
-        height=upright.height,
-        thumbnail=thumbnail,
-        thumbnail_mime=thumbnail_mime,
-    )
+    return image
 
 
 def make_thumbnail(image: Image.Image, long_side: int) -> tuple[bytes, str]:

@@ -48,11 +48,11 @@ def load_metadata_json(text: str | bytes) -> Any:
     return load_json(text, "metadata")
 
 
-def load_json(text: str | bytes, what: str) -> Any:
-    """Parse a JSON request part of at most MAX_METADATA_BYTES; errors call it `what`."""
+def load_json(text: str | bytes, what: str, *, limit: int = MAX_METADATA_BYTES) -> Any:
+    """Parse a JSON request part of at most `limit` bytes; errors call it `what`."""
     size = len(text.encode() if isinstance(text, str) else text)
-    if size > MAX_METADATA_BYTES:
-        raise InvalidMetadata(f"{what} is {size} bytes; the limit is {MAX_METADATA_BYTES}")
+    if size > limit:
+        raise InvalidMetadata(f"{what} is {size} bytes; the limit is {limit}")
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:

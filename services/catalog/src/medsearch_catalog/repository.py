@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +31,23 @@ class IndexState:
     state: str
     reason: str | None
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class IndexStateChange:
+    """A state to set for one image (validated: `reason` is set exactly when failed)."""
+
+    image_id: int
+    state: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """A decoded image with the metadata to store it under."""
+
+    image: CheckedImage
+    metadata: ImageMetadata
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,11 @@ SELECT i.*,
                  FROM index_states s WHERE s.image_id = i.id), jsonb_build_object()) AS index_states
 FROM images i
 """
+
+_IMAGE_COLUMNS = (
+    "sha256", "mime_type", "width", "height", "byte_size", "dataset", "external_id",
+    "patient_id", "study", "age", "sex", "view_position", "findings", "extra",
+)  # fmt: skip
 
 _SELECT_ORIGINAL = """
 SELECT f.original AS data, i.mime_type, i.sha256
@@ -166,47 +188,61 @@ class ImageRepository:
 
     # -- images -----------------------------------------------------------------------
 
-    def add_image(self, image: CheckedImage, metadata: ImageMetadata) -> tuple[ImageRecord, bool]:
-        """Store a new image; the same bytes again return the existing image and False."""
+    def find_by_sha256(self, sha256s: Iterable[str]) -> dict[str, ImageRecord]:
+        """The stored images among these contents, by sha256, in one query."""
+        wanted = sorted(set(sha256s))
+        if not wanted:
+            return {}
         with self._ready_transaction() as conn:
-            row = conn.execute(
-                """
-                INSERT INTO images (sha256, mime_type, width, height, byte_size, dataset,
-                    external_id, patient_id, study, age, sex, view_position, findings, extra)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (sha256) DO NOTHING
-                RETURNING id
-                """,
-                (
-                    image.sha256,
-                    image.mime_type,
-                    image.width,
-                    image.height,
-                    len(image.data),
-                    metadata.dataset,
-                    metadata.external_id,
-                    metadata.patient_id,
-                    metadata.study,
-                    metadata.age,
-                    metadata.sex,
-                    metadata.view_position,
-                    list(metadata.findings),
-                    Jsonb(metadata.extra),
+            rows = conn.execute(_SELECT_IMAGES + "WHERE i.sha256 = ANY(%s)", (wanted,)).fetchall()
+        return {row["sha256"]: _record(row) for row in rows}
+
+    def add_images(self, images: Sequence[NewImage]) -> dict[str, tuple[ImageRecord, bool]]:
+        """Store new images in one transaction, by sha256 with whether each was created.
+
+        Bytes already stored (also by a concurrent request) keep their image and give False.
+        """
+        if not images:
+            return {}
+        # Rows go in by sha256, so that two batches sharing images lock them in the same order
+        # and wait for each other instead of deadlocking.
+        first: dict[str, NewImage] = {}
+        for new in images:
+            first.setdefault(new.image.sha256, new)
+        unique = [first[sha256] for sha256 in sorted(first)]
+        with self._ready_transaction() as conn:
+            rows = conn.execute(
+                sql.SQL(
+                    "INSERT INTO images ({}) VALUES {} ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256"
+                ).format(
+                    sql.SQL(", ").join(map(sql.Identifier, _IMAGE_COLUMNS)),
+                    sql.SQL(", ").join(
+                        sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(_IMAGE_COLUMNS)))
+                        for _ in unique
+                    ),
                 ),
-            ).fetchone()
-            created = row is not None
-            if row is not None:
-                conn.execute(
-                    "INSERT INTO image_files (image_id, original, thumbnail, thumbnail_mime)"
-                    " VALUES (%s, %s, %s, %s)",
-                    (row["id"], image.data, image.thumbnail, image.thumbnail_mime),
-                )
-                image_id = row["id"]
-            else:
-                existing = conn.execute("SELECT id FROM images WHERE sha256 = %s", (image.sha256,)).fetchone()
-                assert existing is not None  # the conflict says it exists; rows are never updated in place
-                image_id = existing["id"]
-            return self._get(conn, image_id), created
+                [value for new in unique for value in _image_row(new)],
+            ).fetchall()
+            created = {row["sha256"]: row["id"] for row in rows}
+            if created:
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO image_files (image_id, original, thumbnail, thumbnail_mime)"
+                        " VALUES (%s, %s, %s, %s)",
+                        [
+                            (created[n.image.sha256], n.image.data, n.image.thumbnail, n.image.thumbnail_mime)
+                            for n in unique
+                            if n.image.sha256 in created
+                        ],
+                    )
+            # A conflict means the row exists, committed: ON CONFLICT waited for its transaction.
+            records = conn.execute(
+                _SELECT_IMAGES + "WHERE i.sha256 = ANY(%s)", ([n.image.sha256 for n in unique],)
+            ).fetchall()
+        stored = {row["sha256"]: (_record(row), row["sha256"] in created) for row in records}
+        # Only a delete of the same bytes committed between the insert and the select breaks this.
+        assert len(stored) == len(unique)
+        return stored
 
     def get_image(self, image_id: int) -> ImageRecord:
         with self._ready_transaction() as conn:
@@ -263,6 +299,39 @@ class ImageRepository:
             ).fetchone()
         assert row is not None
         return IndexState(row["state"], row["reason"], row["updated_at"])
+
+    def set_index_states(
+        self, model_id: str, changes: Sequence[IndexStateChange]
+    ) -> tuple[list[tuple[int, IndexState]], list[int]]:
+        """Set each image's state for the model in one statement: the states saved, in the order
+        given, and the IDs of images that do not exist (nothing is set for those)."""
+        with self._ready_transaction() as conn:
+            # The key-share lock keeps a concurrent delete from taking an image away between the
+            # join and the insert; an image deleted first is simply not there.
+            rows = conn.execute(
+                """
+                INSERT INTO index_states (image_id, model_id, state, reason)
+                SELECT i.id, %s, c.state, c.reason
+                FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS c(image_id, state, reason)
+                JOIN images i ON i.id = c.image_id
+                ORDER BY i.id
+                FOR KEY SHARE OF i
+                ON CONFLICT (image_id, model_id)
+                DO UPDATE SET state = EXCLUDED.state, reason = EXCLUDED.reason, updated_at = now()
+                RETURNING image_id, state, reason, updated_at
+                """,
+                (
+                    model_id,
+                    [c.image_id for c in changes],
+                    [c.state for c in changes],
+                    [c.reason for c in changes],
+                ),
+            ).fetchall()
+        saved = {row["image_id"]: IndexState(row["state"], row["reason"], row["updated_at"]) for row in rows}
+        return (
+            [(c.image_id, saved[c.image_id]) for c in changes if c.image_id in saved],
+            [c.image_id for c in changes if c.image_id not in saved],
+        )
 
     def stats(self, model_id: str | None = None) -> CatalogStats:
         """Images in all, per dataset, and per state for each model with a state (and `model_id`)."""
@@ -340,6 +409,27 @@ def _filter_sql(image_filter: ImageFilter) -> tuple[list[sql.Composable], list[A
         )
         params.extend([image_filter.model_id, states])
     return where, params
+
+
+def _image_row(new: NewImage) -> tuple[Any, ...]:
+    """The values of _IMAGE_COLUMNS, in that order."""
+    image, metadata = new.image, new.metadata
+    return (
+        image.sha256,
+        image.mime_type,
+        image.width,
+        image.height,
+        len(image.data),
+        metadata.dataset,
+        metadata.external_id,
+        metadata.patient_id,
+        metadata.study,
+        metadata.age,
+        metadata.sex,
+        metadata.view_position,
+        list(metadata.findings),
+        Jsonb(metadata.extra),
+    )
 
 
 def _column_value(name: str, value: Any) -> Any:

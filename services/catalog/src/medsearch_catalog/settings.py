@@ -27,6 +27,8 @@ class CatalogSettings:
     max_upload_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     thumbnail_px: int = 256
+    # Threads that decode a batch's new images side by side (Pillow works outside the GIL).
+    decode_threads: int = 4
     db_pool_size: int = 8
     db_timeout_s: float = 5.0
     db_statement_timeout_s: float = 15.0
@@ -51,6 +53,9 @@ class CatalogSettings:
             ),
             thumbnail_px=env_int(
                 environ, "MEDSEARCH_CATALOG_THUMBNAIL_PX", cls.thumbnail_px, minimum=32, maximum=2048
+            ),
+            decode_threads=env_int(
+                environ, "MEDSEARCH_CATALOG_DECODE_THREADS", cls.decode_threads, minimum=1, maximum=64
             ),
             db_pool_size=env_int(
                 environ, "MEDSEARCH_CATALOG_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=100

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import re
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from medsearch_gateway.errors import InvalidRequest
-from medsearch_gateway.orchestration import Gateway, Hit, Ingested, SearchRequest, Upload, parse_flag
+from medsearch_common.httpapp import error_problem
+from medsearch_gateway.clients import ImageRecord, SearchQuery, Upload
+from medsearch_gateway.errors import ERROR_STATUSES, InvalidRequest, UnsupportedUpload, UploadTooLarge
+from medsearch_gateway.flows import Gateway, Hit, Ingested
 
 GATEWAY_EXTENSION = "medsearch_gateway"
+MAX_K = 100
+# Images per batch ingest: one embedder request holds them all (its default limit is 32).
+MAX_BATCH_IMAGES = 32
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_K = re.compile(r"[0-9]{1,3}")
 _MAX_BIGINT = 2**63 - 1
+_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
+_DICOM_MAGIC = (128, b"DICM")
 # What a browse may ask the catalog for; anything else is refused here, not passed on.
 _BROWSE_PARAMS = {
     "dataset", "patient_id", "external_id", "finding", "sex", "view_position",
     "age_min", "age_max", "limit", "cursor",
 }  # fmt: skip
-# Passed through from the catalog so that browsers cache files by their immutable IDs.
-_FILE_HEADERS = ("Content-Type", "ETag", "Cache-Control")
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -30,36 +37,39 @@ def _gateway() -> Gateway:
     return gateway
 
 
+def _max_upload_bytes() -> int:
+    limit: int = current_app.config["MEDSEARCH_MAX_UPLOAD_BYTES"]
+    return limit
+
+
 @blueprint.post("/search")
 def search() -> Response:
     upload = _upload()
-    query = SearchRequest.parse(
+    query = parse_query(
         request.form.get("k"), request.form.get("filter"), request.form.get("one_per_patient")
     )
     model, hits = _gateway().search(upload, query)
-    return jsonify(model=model, results=_hits_json(hits, model["model_id"]))
+    return jsonify(model=model.description, results=_hits_json(hits, model.model_id))
 
 
 @blueprint.get("/images/<image_id>/similar")
 def similar(image_id: str) -> Response:
     _refuse_unknown_params({"k", "filter", "one_per_patient"})
-    query = SearchRequest.parse(
+    query = parse_query(
         request.args.get("k"), request.args.get("filter"), request.args.get("one_per_patient")
     )
     parsed_id = parse_image_id(image_id)
     model, hits = _gateway().similar(parsed_id, query)
-    return jsonify(model=model, query={"image_id": parsed_id}, results=_hits_json(hits, model["model_id"]))
+    return jsonify(
+        model=model.description, query={"image_id": parsed_id}, results=_hits_json(hits, model.model_id)
+    )
 
 
 @blueprint.get("/images")
 def list_images() -> Response:
     _refuse_unknown_params(_BROWSE_PARAMS)
-    gateway = _gateway()
-    page = gateway.catalog.page(list(request.args.items(multi=True)))
-    model_id = gateway.active_model_id()
-    return jsonify(
-        items=[image_json(item, model_id) for item in page["items"]], next_cursor=page["next_cursor"]
-    )
+    model_id, page = _gateway().browse(list(request.args.items(multi=True)))
+    return jsonify(items=[image_json(item, model_id) for item in page.items], next_cursor=page.next_cursor)
 
 
 @blueprint.post("/images")
@@ -71,8 +81,32 @@ def add_image() -> tuple[Response, int]:
     ingested = _gateway().ingest(upload, metadata)
     response = jsonify(_ingested_json(ingested))
     if ingested.created:
-        response.headers["Location"] = url_for(".get_image", image_id=ingested.image["id"])
+        response.headers["Location"] = url_for(".get_image", image_id=ingested.image.id)
     return response, 201 if ingested.created else 200
+
+
+@blueprint.post("/images/batch")
+def add_images() -> Response:
+    """Many images in one request, each stored and indexed or refused on its own: the answer
+    lists, in order, what a single ingest would have answered for each."""
+    files = _files(1, MAX_BATCH_IMAGES)
+    metadata = _metadata_list(len(files))
+    uploads: list[Upload | Exception] = []
+    for data in files:
+        try:
+            uploads.append(check_upload(data, _max_upload_bytes()))
+        except (InvalidRequest, UploadTooLarge, UnsupportedUpload) as exc:
+            uploads.append(exc)
+    outcomes = _gateway().ingest_many(uploads, metadata)
+    items = []
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, Ingested):
+            items.append(
+                {"index": index, "status": 201 if outcome.created else 200, **_ingested_json(outcome)}
+            )
+        else:
+            items.append({"index": index, **_problem_of(outcome)})
+    return jsonify(items=items)
 
 
 @blueprint.post("/images/<image_id>/index")
@@ -87,14 +121,14 @@ def index_image(image_id: str) -> Response:
 def list_pending() -> Response:
     _refuse_unknown_params({"include_failed", "limit", "cursor"})
     model_id, page = _gateway().pending(list(request.args.items(multi=True)))
-    items = [image_json(item, model_id) for item in page["items"]]
-    return jsonify(model_id=model_id, items=items, next_cursor=page["next_cursor"])
+    items = [image_json(item, model_id) for item in page.items]
+    return jsonify(model_id=model_id, items=items, next_cursor=page.next_cursor)
 
 
 @blueprint.get("/images/<image_id>")
 def get_image(image_id: str) -> Response:
-    gateway = _gateway()
-    return jsonify(image_json(gateway.catalog.image(parse_image_id(image_id)), gateway.active_model_id()))
+    model_id, image = _gateway().image(parse_image_id(image_id))
+    return jsonify(image_json(image, model_id))
 
 
 @blueprint.delete("/images/<image_id>")
@@ -116,14 +150,20 @@ def get_thumbnail(image_id: str) -> Response:
 @blueprint.post("/previews")
 def preview() -> Response:
     """A PNG of the upload as the model reads it: how the browser shows a DICOM query."""
-    response = Response(_gateway().embedder.render(_upload()), mimetype="image/png")
+    response = Response(_gateway().preview(_upload()), mimetype="image/png")
     response.headers["Cache-Control"] = "no-store"  # a user's query: nothing keeps it
     return response
 
 
 @blueprint.get("/stats")
 def stats() -> Response:
-    return jsonify(_gateway().stats())
+    found = _gateway().stats()
+    return jsonify(
+        model=found.model.description if found.model else None,
+        images=found.images,
+        datasets=found.datasets,
+        index=found.index,
+    )
 
 
 @blueprint.get("/openapi.json")
@@ -132,7 +172,56 @@ def openapi() -> Response:
     return Response(document, mimetype="application/json")
 
 
-# -- parsing and serializing --------------------------------------------------------------
+# -- parsing ------------------------------------------------------------------------------
+
+
+def check_upload(data: bytes, max_bytes: int) -> Upload:
+    """A file a user sent, judged by its content: PNG, JPEG or DICOM."""
+    if not data:
+        raise InvalidRequest("the file is empty")
+    if len(data) > max_bytes:
+        raise UploadTooLarge(f"the file is {len(data)} bytes; the limit is {max_bytes}")
+    offset, magic = _DICOM_MAGIC
+    if data[offset : offset + len(magic)] == magic:
+        return Upload(data, "dicom")
+    for kind, signature in _MAGIC.items():
+        if data.startswith(signature):
+            return Upload(data, kind)
+    raise UnsupportedUpload("the file is not a PNG, JPEG or DICOM image (judged by its content)")
+
+
+def parse_query(k: str | None, filter_json: str | None, one_per_patient: str | None) -> SearchQuery:
+    return SearchQuery(
+        k=_parse_k(k),
+        filter=_parse_filter(filter_json),
+        one_per_patient=parse_flag("one_per_patient", one_per_patient),
+    )
+
+
+def _parse_k(raw: str | None) -> int:
+    if raw is None or raw.strip() == "":
+        return 10
+    if not _K.fullmatch(raw.strip()) or not 1 <= int(raw) <= MAX_K:
+        raise InvalidRequest(f"k must be an integer from 1 to {MAX_K}, got {raw[:20]!r}")
+    return int(raw)
+
+
+def _parse_filter(raw: str | None) -> dict[str, Any]:
+    if raw is None or raw.strip() == "":
+        return {}
+    value = _json("filter", raw)
+    if not isinstance(value, dict):
+        raise InvalidRequest('filter must be a JSON object, e.g. {"sex": ["F"]}')
+    return value  # the search service checks every field and value, and says what is wrong
+
+
+def parse_flag(name: str, raw: str | None) -> bool:
+    if raw is None or raw.strip() == "":
+        return False
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "on", "off"):
+        raise InvalidRequest(f"{name} must be true or false, got {raw[:20]!r}")
+    return value in ("true", "1", "on")
 
 
 def parse_image_id(raw: str) -> int:
@@ -141,18 +230,43 @@ def parse_image_id(raw: str) -> int:
     return int(raw)
 
 
+def _json(name: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(f"{name} is not valid JSON") from None
+
+
 def _upload() -> Upload:
+    return check_upload(_files(1, 1)[0], _max_upload_bytes())
+
+
+def _files(least: int, most: int) -> list[bytes]:
+    """The files of the multipart field 'image', `least` to `most` of them."""
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest(
             "send the image as multipart/form-data in the field 'image'"
             + (f" (got {request.mimetype})" if request.mimetype else "")
         )
     files = request.files.getlist("image")
-    if len(files) != 1:
+    if not least <= len(files) <= most:
+        wanted = "exactly one file" if most == 1 else f"{least} to {most} files"
         raise InvalidRequest(
-            "send exactly one file in the multipart field 'image'" + (f" (got {len(files)})" if files else "")
+            f"send {wanted} in the multipart field 'image'" + (f" (got {len(files)})" if files else "")
         )
-    return Upload.check(files[0].read(), _gateway().settings.max_upload_bytes)
+    return [file.read() for file in files]
+
+
+def _metadata_list(count: int) -> list[Any]:
+    """The batch's metadata: a JSON array with one object per image, in order. The catalog
+    checks each object, and says what is wrong with it."""
+    raw = request.form.get("metadata")
+    if raw is None:
+        raise InvalidRequest("the form field 'metadata' (a JSON array with one object per image) is required")
+    metadata = _json("metadata", raw)
+    if not isinstance(metadata, list) or len(metadata) != count:
+        raise InvalidRequest(f"metadata must be a JSON array with one object per image ({count})")
+    return metadata
 
 
 def _refuse_unknown_params(known: set[str]) -> None:
@@ -162,33 +276,32 @@ def _refuse_unknown_params(known: set[str]) -> None:
 
 
 def _file(image_id: str, *, thumbnail: bool) -> Response:
-    upstream = _gateway().catalog.file(
+    stored = _gateway().file(
         parse_image_id(image_id), thumbnail=thumbnail, if_none_match=request.headers.get("If-None-Match")
     )
-    response = Response(upstream.content, status=upstream.status_code)
-    for name in _FILE_HEADERS:
-        if name in upstream.headers:
-            response.headers[name] = upstream.headers[name]
+    response = Response(stored.content, status=stored.status)
+    response.headers.update(stored.headers)
     return response
 
 
-def image_json(record: dict[str, Any], model_id: str | None) -> dict[str, Any]:
+# -- serializing --------------------------------------------------------------------------
+
+
+def image_json(record: ImageRecord, model_id: str | None) -> dict[str, Any]:
     """The catalog's record as the public API shows it: its state for the active model
     (null when the embedder cannot say which that is) and the gateway's own file URLs."""
-    image_id = record["id"]
-    state = record["index_states"].get(model_id, {}).get("state", "pending") if model_id else None
     return {
-        "id": image_id,
-        "metadata": record["metadata"],
-        "width": record["width"],
-        "height": record["height"],
-        "mime_type": record["mime_type"],
-        "byte_size": record["byte_size"],
-        "sha256": record["sha256"],
-        "created_at": record["created_at"],
-        "index_state": state,
-        "thumbnail_url": url_for("api.get_thumbnail", image_id=image_id),
-        "file_url": url_for("api.get_file", image_id=image_id),
+        "id": record.id,
+        "metadata": record.metadata,
+        "width": record.width,
+        "height": record.height,
+        "mime_type": record.mime_type,
+        "byte_size": record.byte_size,
+        "sha256": record.sha256,
+        "created_at": record.created_at,
+        "index_state": record.state_for(model_id) if model_id else None,
+        "thumbnail_url": url_for("api.get_thumbnail", image_id=record.id),
+        "file_url": url_for("api.get_file", image_id=record.id),
     }
 
 
@@ -203,3 +316,11 @@ def _ingested_json(ingested: Ingested) -> dict[str, Any]:
 
 def _hits_json(hits: list[Hit], model_id: str) -> list[dict[str, Any]]:
     return [{"rank": hit.rank, "score": hit.score, "image": image_json(hit.image, model_id)} for hit in hits]
+
+
+def _problem_of(error: Exception) -> dict[str, Any]:
+    """A failed batch item as the problem a single ingest would have answered."""
+    problem = error_problem(error, ERROR_STATUSES)
+    if problem is None:
+        raise error  # not a domain error: the whole request fails, as it would alone
+    return problem

@@ -9,8 +9,9 @@ from flask import Blueprint, Flask, Response
 
 from medsearch_common.httpapp import create_service_app
 from medsearch_gateway.api import GATEWAY_EXTENSION, blueprint
+from medsearch_gateway.clients import Services
 from medsearch_gateway.errors import ERROR_STATUSES
-from medsearch_gateway.orchestration import Gateway
+from medsearch_gateway.flows import Gateway
 from medsearch_gateway.settings import GatewaySettings
 
 # No inline script or style anywhere: metadata that slipped into the page as markup
@@ -33,8 +34,9 @@ def index() -> Response:
     return response
 
 
-def create_app(settings: GatewaySettings) -> Flask:
-    gateway = Gateway(settings)
+def create_app(settings: GatewaySettings, services: Services | None = None) -> Flask:
+    """The app over `services` (by default, clients of the services the settings name)."""
+    gateway = Gateway(services or Services.from_settings(settings))
     app = create_service_app(
         "gateway",
         readiness=gateway.readiness,
@@ -42,6 +44,7 @@ def create_app(settings: GatewaySettings) -> Flask:
         max_content_length=settings.max_upload_bytes + _FORM_OVERHEAD_BYTES,
     )
     app.config["MAX_FORM_MEMORY_SIZE"] = _FORM_OVERHEAD_BYTES
+    app.config["MEDSEARCH_MAX_UPLOAD_BYTES"] = settings.max_upload_bytes
     app.extensions[GATEWAY_EXTENSION] = gateway
     app.register_blueprint(blueprint)
     app.register_blueprint(ui)
