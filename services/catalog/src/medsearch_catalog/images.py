@@ -139,7 +139,9 @@ def make_thumbnail(image: Image.Image, long_side: int) -> tuple[bytes, str]:
     shown.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     if features.check("webp"):
-        shown.save(out, format="WEBP", quality=85, method=4)
+        # Effort 2 of 6: half the time of the default 4 here (4.9 against 9.7 ms for a
+        # 256 px X-ray) for files 4% larger.
+        shown.save(out, format="WEBP", quality=85, method=2)
         return out.getvalue(), "image/webp"
     shown.save(out, format="PNG", optimize=True)
     return out.getvalue(), "image/png"
