@@ -8,7 +8,7 @@ request into another fresh stack, for the batch path's gain. Every image goes th
 way: upload, catalog (sha256, full decode, thumbnail, PostgreSQL), embedder (decode,
 letterbox, the model), Milvus upsert, catalog state.
 
-Raw: the same compiled TensorFlow model in this process, at the service's batch size, on the
+Raw: the same model on the service's default runtime in this process, at the service's batch size, on the
 same images already decoded and letterboxed: what the model alone can do on this machine.
 It is measured just before and just after the ingest (the mean of the two), while the stack
 sits idle. Both use random weights: speed does not depend on the weights' values.
@@ -68,7 +68,14 @@ def main() -> None:
     paths = sorted((nih / "images").glob("*.png"))
     inputs = np.stack([prepare(path.read_bytes(), InputLimits(10**9, 10**9)) for path in paths])
     batch = EmbedderSettings.from_environ({}).max_batch
-    raw = load_embedder(WeightsSpec("random", seed=42), device="auto", precision="float32", max_batch=batch)
+    # The service's default runtime, from the cache `make run` keeps (converted once if absent).
+    raw = load_embedder(
+        WeightsSpec("random", seed=42),
+        device="auto",
+        precision="float32",
+        max_batch=batch,
+        cache_dir=REPO_ROOT / "var" / "embedder",
+    )
     raw.embed(inputs[:batch])  # warm, untimed
 
     raw_before = raw_rate(raw.embed, inputs, batch)

@@ -44,6 +44,8 @@ def main() -> int:
             env.setdefault(
                 f"MEDSEARCH_{name.upper()}_URL", f"http://127.0.0.1:{env[f'MEDSEARCH_{name.upper()}_PORT']}"
             )
+    # The embedder's converted model lives with the rest of the data.
+    env.setdefault("MEDSEARCH_EMBEDDER_CACHE_DIR", str(data / "embedder"))
     postgres = None
     milvus = None
     try:

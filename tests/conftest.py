@@ -26,6 +26,21 @@ def test_data() -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedder_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One MEDSEARCH_EMBEDDER_CACHE_DIR for every embedder the session starts (in process,
+    as a service, under make run): the model is converted for ONNX Runtime once (~30 s),
+    not at each start. A test of the cache itself uses a folder of its own."""
+    folder = tmp_path_factory.mktemp("embedder-cache")
+    saved = os.environ.get("MEDSEARCH_EMBEDDER_CACHE_DIR")
+    os.environ["MEDSEARCH_EMBEDDER_CACHE_DIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("MEDSEARCH_EMBEDDER_CACHE_DIR", None)
+    else:
+        os.environ["MEDSEARCH_EMBEDDER_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """The default engine as `make run` starts it: a real Milvus server process (standalone,

@@ -1,7 +1,10 @@
-"""Embedder fixtures: one real ResNet-50 (TensorFlow, random:42 weights) shared by the session.
+"""Embedder fixtures: one real ResNet-50 (random:42 weights) per runtime, shared by the session.
 
-Loading and warming the model takes about 15 s here, so every app the tests make reuses it;
-the tests that need a fresh load (other weights, another process) make their own.
+`embedder` is what the service runs on this CPU by default: the model converted to ONNX and run
+by ONNX Runtime, its converted file in the session's `onnx_cache` (converting takes about 30 s
+here, loading it from there 4 s). `tensorflow_embedder` is the same model on TensorFlow (about
+15 s). Every app the tests make reuses `embedder`; the tests that need a fresh load (other
+weights, another process) make their own.
 """
 
 from __future__ import annotations
@@ -38,9 +41,30 @@ def embedder_settings(**changes: Any) -> EmbedderSettings:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> Embedder:
+def onnx_cache(embedder_cache: Path) -> Path:
+    """The session's MEDSEARCH_EMBEDDER_CACHE_DIR, holding `embedder`'s converted model."""
+    return embedder_cache
+
+
+@pytest.fixture(scope="session")
+def embedder(onnx_cache: Path) -> Embedder:
     return load_embedder(
-        WeightsSpec("random", seed=SEED), device="auto", precision="float32", max_batch=MAX_BATCH
+        WeightsSpec("random", seed=SEED),
+        device="auto",
+        precision="float32",
+        max_batch=MAX_BATCH,
+        cache_dir=onnx_cache,
+    )
+
+
+@pytest.fixture(scope="session")
+def tensorflow_embedder() -> Embedder:
+    return load_embedder(
+        WeightsSpec("random", seed=SEED),
+        device="auto",
+        precision="float32",
+        max_batch=MAX_BATCH,
+        runtime="tensorflow",
     )
 
 

@@ -191,7 +191,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(
 
 
 def test_weights_file_gives_the_vectors_and_digest_of_the_same_weights(
-    embedder: Embedder, tmp_path: Path, test_data: Path
+    tensorflow_embedder: Embedder, tmp_path: Path, test_data: Path
 ) -> None:
     import keras
 
@@ -201,19 +201,23 @@ def test_weights_file_gives_the_vectors_and_digest_of_the_same_weights(
     )
     path = tmp_path / "resnet50-seed42.weights.h5"
     model.save_weights(str(path))
-    from_file = load_embedder(WeightsSpec("file", path=path), device="cpu", precision="float32", max_batch=1)
+    from_file = load_embedder(
+        WeightsSpec("file", path=path), device="cpu", precision="float32", max_batch=1, runtime="tensorflow"
+    )
     # The same weights, however loaded, share the digest; the label says how they were chosen.
     assert from_file.info.model_id.startswith("resnet50-file-")
-    assert from_file.info.model_id.rsplit("-", 1)[1] == embedder.info.model_id.rsplit("-", 1)[1]
+    assert from_file.info.model_id.rsplit("-", 1)[1] == tensorflow_embedder.info.model_id.rsplit("-", 1)[1]
     assert from_file.info.meaningful and from_file.info.weights == "file:resnet50-seed42.weights.h5"
     from medsearch_embedder.preprocessing import InputLimits, prepare
 
     x = prepare((test_data / NIH[0]).read_bytes(), InputLimits(10**8, 10**8))[np.newaxis]
-    np.testing.assert_allclose(from_file.embed(x), embedder.embed(x), atol=1e-5)
+    np.testing.assert_allclose(from_file.embed(x), tensorflow_embedder.embed(x), atol=1e-5)
 
 
 def test_other_seeds_give_other_model_ids(embedder: Embedder) -> None:
-    other = load_embedder(WeightsSpec("random", seed=7), device="cpu", precision="float32", max_batch=1)
+    other = load_embedder(
+        WeightsSpec("random", seed=7), device="cpu", precision="float32", max_batch=1, runtime="tensorflow"
+    )
     assert other.info.model_id.startswith("resnet50-random7-")
     assert embedder.info.model_id.startswith("resnet50-random42-")
     assert other.info.model_id.rsplit("-", 1)[1] != embedder.info.model_id.rsplit("-", 1)[1]

@@ -25,6 +25,7 @@ from pydicom.uid import JPEGLSLossless
 from werkzeug.test import TestResponse
 
 from medsearch_embedder.app import create_app
+from medsearch_embedder.model import Embedder
 from medsearch_embedder.weights import WeightsSpec
 from tests.conftest import REPO_ROOT
 from tests.embedder.conftest import embedder_settings, post_images, post_render
@@ -312,6 +313,13 @@ def test_a_wait_for_the_model_that_runs_out_is_a_documented_503(
     assert response.status_code == 503
     assert check(response, EMBEDDINGS, "post")["type"] == PROBLEM + "overloaded"
     assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_the_model_description_of_each_runtime_is_documented(
+    embedder: Embedder, tensorflow_embedder: Embedder
+) -> None:
+    for loaded in (embedder, tensorflow_embedder):
+        assert schema_errors("/components/schemas/Model", loaded.info.to_json()) == []
 
 
 def test_health_readiness_model_and_metrics(client: FlaskClient) -> None:

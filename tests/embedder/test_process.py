@@ -20,13 +20,19 @@ NIH = "nih_cxr14/images/00000075_000.png"
 
 
 def test_a_restarted_process_with_the_same_weights_gives_the_same_vectors(
-    embedder: Embedder, test_data: Path, tmp_path: Path
+    embedder: Embedder, onnx_cache: Path, test_data: Path, tmp_path: Path
 ) -> None:
-    """Same bytes, same weights, another process: the same vector and model_id."""
+    """Same bytes, same weights, another process: the same vector and model_id, from the
+    converted model that the session's `embedder` left in the cache."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "embedder.log"
-    env = {**os.environ, "MEDSEARCH_PORT": str(port), "MEDSEARCH_EMBEDDER_WEIGHTS": f"random:{SEED}"}
+    env = {
+        **os.environ,
+        "MEDSEARCH_PORT": str(port),
+        "MEDSEARCH_EMBEDDER_WEIGHTS": f"random:{SEED}",
+        "MEDSEARCH_EMBEDDER_CACHE_DIR": str(onnx_cache),
+    }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "medsearch_embedder"], env=env, stdout=log, stderr=log
@@ -40,6 +46,7 @@ def test_a_restarted_process_with_the_same_weights_gives_the_same_vectors(
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model"]["model_id"] == embedder.info.model_id
+        assert body["model"]["runtime"] == embedder.info.runtime
         assert body["model"]["meaningful"] is False
         served = np.asarray(body["data"][0]["embedding"], dtype=np.float32)
         here = embedder.embed(prepare(image, InputLimits(10**8, 10**8))[np.newaxis])[0]
@@ -52,3 +59,5 @@ def test_a_restarted_process_with_the_same_weights_gives_the_same_vectors(
         assert process.wait(timeout=30) == 0, log_path.read_text()
     log_text = log_path.read_text()
     assert '"msg": "model loaded"' in log_text, log_text
+    assert '"msg": "converted model loaded from the cache"' in log_text, log_text
+    assert "model converted to ONNX" not in log_text

@@ -22,6 +22,7 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     assert settings.binding == Binding("127.0.0.1", 8081)
     assert settings.weights == WeightsSpec("imagenet")
     assert (settings.device, settings.precision) == ("auto", "float32")
+    assert (settings.runtime, settings.cache_dir) == ("auto", Path("var/embedder"))
     assert (settings.max_batch, settings.max_delay_ms, settings.max_queue) == (8, 5.0, 64)
     assert settings.max_images_per_request == 32
     assert settings.max_image_bytes == 50 * 1024 * 1024
@@ -41,7 +42,13 @@ def test_from_environ_reads_only_the_mapping_it_is_given(monkeypatch: pytest.Mon
 
 
 def test_blank_variables_take_the_defaults() -> None:
-    names = (WEIGHTS_VARIABLE, "MEDSEARCH_EMBEDDER_MAX_BATCH", "MEDSEARCH_EMBEDDER_DEVICE")
+    names = (
+        WEIGHTS_VARIABLE,
+        "MEDSEARCH_EMBEDDER_MAX_BATCH",
+        "MEDSEARCH_EMBEDDER_DEVICE",
+        "MEDSEARCH_EMBEDDER_RUNTIME",
+        "MEDSEARCH_EMBEDDER_CACHE_DIR",
+    )
     blank = dict.fromkeys(names, "  ")
     assert EmbedderSettings.from_environ(blank) == EmbedderSettings.from_environ({})
 
@@ -54,6 +61,10 @@ def test_blank_variables_take_the_defaults() -> None:
         ("MEDSEARCH_EMBEDDER_DEVICE", "cpu", "device", "cpu"),
         ("MEDSEARCH_EMBEDDER_DEVICE", " GPU ", "device", "gpu"),
         ("MEDSEARCH_EMBEDDER_PRECISION", "mixed_float16", "precision", "mixed_float16"),
+        ("MEDSEARCH_EMBEDDER_RUNTIME", "onnxruntime", "runtime", "onnxruntime"),
+        ("MEDSEARCH_EMBEDDER_RUNTIME", " TensorFlow ", "runtime", "tensorflow"),
+        ("MEDSEARCH_EMBEDDER_CACHE_DIR", "/srv/cache/embedder", "cache_dir", Path("/srv/cache/embedder")),
+        ("MEDSEARCH_EMBEDDER_CACHE_DIR", "data/models", "cache_dir", Path("data/models")),
         ("MEDSEARCH_EMBEDDER_MAX_BATCH", "32", "max_batch", 32),
         ("MEDSEARCH_EMBEDDER_MAX_DELAY_MS", "2.5", "max_delay_ms", 2.5),
         ("MEDSEARCH_EMBEDDER_MAX_DELAY_MS", "0", "max_delay_ms", 0.0),
@@ -134,6 +145,8 @@ def test_the_ends_of_each_range_are_accepted(variable: str, raw: str) -> None:
         ("MEDSEARCH_EMBEDDER_DEVICE", "tpu"),
         ("MEDSEARCH_EMBEDDER_PRECISION", "float16"),
         ("MEDSEARCH_EMBEDDER_PRECISION", "bfloat16"),
+        ("MEDSEARCH_EMBEDDER_RUNTIME", "onnx"),
+        ("MEDSEARCH_EMBEDDER_RUNTIME", "tflite"),
         (WEIGHTS_VARIABLE, "random:abc"),
         ("MEDSEARCH_LOG_LEVEL", "verbose"),
         ("MEDSEARCH_PORT", "0"),
@@ -164,6 +177,38 @@ def test_a_queue_exactly_one_request_long_is_accepted() -> None:
         {"MEDSEARCH_EMBEDDER_MAX_QUEUE": "16", "MEDSEARCH_EMBEDDER_MAX_IMAGES_PER_REQUEST": "16"}
     )
     assert settings.max_queue == settings.max_images_per_request == 16
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [("MEDSEARCH_EMBEDDER_DEVICE", "gpu"), ("MEDSEARCH_EMBEDDER_PRECISION", "mixed_float16")],
+)
+def test_onnxruntime_with_a_gpu_setting_is_refused_naming_both_variables(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        EmbedderSettings.from_environ({"MEDSEARCH_EMBEDDER_RUNTIME": "onnxruntime", variable: raw})
+    assert "MEDSEARCH_EMBEDDER_RUNTIME=onnxruntime" in str(refused.value)
+    assert f"{variable}={raw}" in str(refused.value)
+    assert "tensorflow" in str(refused.value)  # what to use instead
+
+
+@pytest.mark.parametrize("runtime", ["auto", "tensorflow"])
+def test_the_gpu_takes_the_tensorflow_or_auto_runtime(runtime: str) -> None:
+    settings = EmbedderSettings.from_environ(
+        {
+            "MEDSEARCH_EMBEDDER_RUNTIME": runtime,
+            "MEDSEARCH_EMBEDDER_DEVICE": "gpu",
+            "MEDSEARCH_EMBEDDER_PRECISION": "mixed_float16",
+        }
+    )
+    assert (settings.runtime, settings.device, settings.precision) == (runtime, "gpu", "mixed_float16")
+
+
+def test_a_cache_dir_under_the_home_folder_is_expanded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = EmbedderSettings.from_environ({"MEDSEARCH_EMBEDDER_CACHE_DIR": "~/embedder"})
+    assert settings.cache_dir == tmp_path / "embedder"
 
 
 def test_settings_made_directly_check_the_queue_too() -> None:

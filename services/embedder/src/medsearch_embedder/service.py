@@ -151,6 +151,8 @@ class EmbeddingService:
                 device=settings.device,
                 precision=settings.precision,
                 max_batch=settings.max_batch,
+                runtime=settings.runtime,
+                cache_dir=settings.cache_dir,
             )
         except Exception as exc:
             self._load_error = str(exc) or type(exc).__name__

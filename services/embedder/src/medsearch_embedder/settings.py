@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from medsearch_common.settings import (
     LOG_LEVELS,
@@ -20,6 +21,10 @@ from medsearch_embedder.weights import WEIGHTS_VARIABLE, WeightsSpec, parse_weig
 DEFAULT_PORT = 8081
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("float32", "mixed_float16")
+# auto: ONNX Runtime on CPU (converted from the TensorFlow model), TensorFlow on GPU.
+RUNTIMES = ("auto", "tensorflow", "onnxruntime")
+# Relative to the working folder, like the other services' data under var/.
+DEFAULT_CACHE_DIR = Path("var/embedder")
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,9 @@ class EmbedderSettings:
     weights: WeightsSpec = field(default_factory=lambda: WeightsSpec("imagenet"))
     device: str = "auto"
     precision: str = "float32"
+    runtime: str = "auto"
+    # Converted models by model ID: a restart loads the file instead of converting again.
+    cache_dir: Path = DEFAULT_CACHE_DIR
     # Batching: on 2 CPU cores batches past 8 gain nothing; a GPU wants 32 or more.
     max_batch: int = 8
     max_delay_ms: float = 5.0
@@ -44,6 +52,16 @@ class EmbedderSettings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        if self.runtime == "onnxruntime" and (self.device == "gpu" or self.precision == "mixed_float16"):
+            setting = (
+                "MEDSEARCH_EMBEDDER_DEVICE=gpu"
+                if self.device == "gpu"
+                else "MEDSEARCH_EMBEDDER_PRECISION=mixed_float16"
+            )
+            raise SettingsError(
+                f"MEDSEARCH_EMBEDDER_RUNTIME=onnxruntime runs on the CPU only, and {setting} asks for a "
+                "GPU: the GPU runtime is tensorflow (or auto, which picks it there)"
+            )
         if self.max_queue < self.max_images_per_request:
             raise SettingsError(
                 f"MEDSEARCH_EMBEDDER_MAX_QUEUE ({self.max_queue}) must be at least "
@@ -61,6 +79,10 @@ class EmbedderSettings:
             weights=parse_weights(env_str(environ, WEIGHTS_VARIABLE, "imagenet")),
             device=env_choice(environ, "MEDSEARCH_EMBEDDER_DEVICE", cls.device, DEVICES),
             precision=env_choice(environ, "MEDSEARCH_EMBEDDER_PRECISION", cls.precision, PRECISIONS),
+            runtime=env_choice(environ, "MEDSEARCH_EMBEDDER_RUNTIME", cls.runtime, RUNTIMES),
+            cache_dir=Path(
+                env_str(environ, "MEDSEARCH_EMBEDDER_CACHE_DIR", str(DEFAULT_CACHE_DIR))
+            ).expanduser(),
             max_batch=number("MAX_BATCH", cls.max_batch, 1, 256),
             max_delay_ms=env_float(
                 environ, "MEDSEARCH_EMBEDDER_MAX_DELAY_MS", cls.max_delay_ms, minimum=0, maximum=1000
