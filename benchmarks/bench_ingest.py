@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine, shared_data, start_stack, wait_ready
+from machine import cpu_by_process, free_port, machine, shared_data, start_stack, wait_ready
 from numpy.typing import NDArray
 
 from medsearch_client.cli import DEFAULT_BATCH_SIZE, DEFAULT_INGEST_CONCURRENCY
@@ -141,6 +142,7 @@ def ingest_run(nih: Path, count: int, batch_size: int, concurrency: int) -> dict
         try:
             wait_ready(f"{gateway}/readyz", stack, "bench-ingest: the stack", log=Path(folder) / "run.log")
             model = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["model"]
+            cpu_before, children_before = cpu_by_process(), resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             result = subprocess.run(
                 [
@@ -161,14 +163,34 @@ def ingest_run(nih: Path, count: int, batch_size: int, concurrency: int) -> dict
                 check=False,
             )
             seconds = time.perf_counter() - started
+            cpu_after, children_after = cpu_by_process(), resource.getrusage(resource.RUSAGE_CHILDREN)
             summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
             if result.returncode != 0 or not summary.startswith(f"{count} new"):
                 sys.exit(f"bench-ingest: the ingest failed: {summary}\n{result.stderr[-3000:]}")
         finally:
             os.killpg(stack.pid, signal.SIGINT)
             stack.wait(timeout=120)
+    # CPU per image by program while the ingest ran; the command's own from its rusage, as it
+    # has exited by the second reading.
+    cpu_ms = {
+        key.removeprefix("cpu:"): round(1000 * (value - cpu_before.get(key, 0.0)) / count, 1)
+        for key, value in cpu_after.items()
+        if value - cpu_before.get(key, 0.0) > 0
+    }
+    cpu_ms["medsearch ingest (the command)"] = round(
+        1000
+        * (
+            children_after.ru_utime
+            + children_after.ru_stime
+            - children_before.ru_utime
+            - children_before.ru_stime
+        )
+        / count,
+        1,
+    )
     return {
         "model": model,
+        "cpu_ms_per_image": dict(sorted(cpu_ms.items(), key=lambda item: -item[1])),
         "batch_size": batch_size,
         "concurrency": concurrency,
         "summary": summary,

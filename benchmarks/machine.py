@@ -66,6 +66,10 @@ def start_stack(folder: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
     }
     env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS="random:42")
+    # The converted model from `make run`'s own data folder: converted once, not per stack.
+    env.setdefault(
+        "MEDSEARCH_EMBEDDER_CACHE_DIR", str(Path(__file__).resolve().parent.parent / "var" / "embedder")
+    )
     log = open(folder / "run.log", "wb")  # open for the stack's whole life
     return subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "run.py")],
@@ -94,3 +98,33 @@ def wait_ready(
         "stopped while starting" if process.poll() is not None else f"was not ready within {timeout_s:.0f} s"
     )
     sys.exit(f"{what} {state}\n{tail}")
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of every process on the machine, summed by program ("cpu:<name>")."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = program(argv)
+        totals[f"cpu:{name}"] = totals.get(f"cpu:{name}", 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
+def program(argv: list[bytes]) -> str:
+    words = [part.decode(errors="replace") for part in argv if part]
+    for word in words:
+        for known in ("medsearch_", "naive_app", "bench_", "honcho", "chromium"):
+            if known in word:
+                return word.rsplit("/", 1)[-1]
+    if words and "milvus" in words[0]:
+        return "milvus engine"
+    if words and "postgres" in words[0]:
+        return "postgres"
+    return "other"
