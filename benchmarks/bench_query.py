@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import free_port, machine, shared_data, start_stack, wait_ready
+from machine import cpu_by_process, free_port, machine, shared_data, start_stack, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -191,36 +191,6 @@ def stage_totals(ports: dict[str, int]) -> dict[str, float]:
                     count += sample.value
         totals[stage], totals[f"{stage}#count"] = seconds, count
     return totals
-
-
-def cpu_by_process() -> dict[str, float]:
-    """CPU seconds so far of every process on the machine, summed by program ("cpu:<name>")."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    totals: dict[str, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        name = program(argv)
-        totals[f"cpu:{name}"] = totals.get(f"cpu:{name}", 0.0) + (int(fields[11]) + int(fields[12])) / ticks
-    return totals
-
-
-def program(argv: list[bytes]) -> str:
-    words = [part.decode(errors="replace") for part in argv if part]
-    for word in words:
-        for known in ("medsearch_", "naive_app", "bench_query", "honcho", "chromium"):
-            if known in word:
-                return word.rsplit("/", 1)[-1]
-    if words and "milvus" in words[0]:
-        return "milvus engine"
-    if words and "postgres" in words[0]:
-        return "postgres"
-    return "other"
 
 
 def stage_means(profile: dict[str, float]) -> dict[str, float]:
