@@ -190,6 +190,43 @@ def test_a_lone_image_is_run_without_waiting_for_others(make_batcher: BatcherFac
     assert model.batch_sizes == [1]
 
 
+def test_a_lone_image_never_waits_out_the_delay_when_no_other_request_is_preparing(
+    make_batcher: BatcherFactory,
+) -> None:
+    model = FakeModel()
+    # A delay far past the hang guard: the image can only come back if nothing waits for it.
+    batcher = make_batcher(model, max_batch=8, max_delay_s=3600)
+
+    [future] = batcher.submit([image(7)])
+
+    assert vector_value(future) == 7.0
+    assert model.batch_sizes == [1]
+
+
+def test_a_batch_waits_for_the_images_a_request_is_still_preparing(make_batcher: BatcherFactory) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch=8, max_delay_s=3600)
+    decoding, decoded = threading.Event(), threading.Event()
+
+    def slow_request() -> list[Future[NDArray[np.float32]]]:
+        with batcher.preparing():
+            decoding.set()
+            decoded.wait(HANG_GUARD_S)
+            return batcher.submit([image(2), image(3)])
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(slow_request)
+        decoding.wait(HANG_GUARD_S)
+        [first] = batcher.submit([image(1)])
+        time.sleep(0.2)
+        assert model.batch_sizes == []  # the lone image waits for the request still decoding
+        decoded.set()
+        later = slow.result(timeout=HANG_GUARD_S)
+
+    assert [vector_value(f) for f in [first, *later]] == [1.0, 2.0, 3.0]
+    assert model.batch_sizes == [3]
+
+
 def test_a_full_batch_does_not_wait_for_max_delay(make_batcher: BatcherFactory) -> None:
     model = FakeModel()
     # A delay far past the hang guard: only a full batch can finish in time.

@@ -1,8 +1,9 @@
 """Dynamic batching, as Triton and TF Serving do it: concurrent requests share model calls.
 
 Inputs wait in a bounded queue. One inference thread takes up to `max_batch` of them, waiting
-at most `max_delay_s` after the oldest arrived for others to join. A full queue refuses new
-work at once (the caller answers 503 with Retry-After) instead of growing memory.
+at most `max_delay_s` after the oldest arrived for others to join, and only while other
+requests are still decoding theirs (`preparing`): a lone request runs at once. A full queue
+refuses new work at once (the caller answers 503 with Retry-After) instead of growing memory.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +53,7 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._changed = threading.Condition()
         self._closed = False
+        self._preparing = 0  # requests decoding images they will submit
         self._seconds_per_batch = 0.0  # a moving average, for Retry-After
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self._thread.start()
@@ -58,6 +61,19 @@ class DynamicBatcher:
     def depth(self) -> int:
         """Inputs waiting for the model (not counting the batch it is running)."""
         return len(self._queue)
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Around a request's decoding and submit: while any request is in here, a batch
+        waits (up to `max_delay_s`) for its images rather than running without them."""
+        with self._changed:
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._preparing -= 1
+                self._changed.notify_all()
 
     def submit(self, images: Sequence[NDArray[np.uint8]]) -> list[Future[NDArray[np.float32]]]:
         """Queue all of `images` or none of them; each future gives one vector."""
@@ -94,7 +110,8 @@ class DynamicBatcher:
                     return None
                 self._changed.wait()
             deadline = self._queue[0].arrived + self._max_delay_s
-            while len(self._queue) < self._max_batch and not self._closed:
+            # Nothing more is on its way when no request is decoding: waiting would only add delay.
+            while len(self._queue) < self._max_batch and self._preparing and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -89,10 +89,11 @@ class EmbeddingService:
     def embed(self, uploads: Sequence[bytes]) -> list[Outcome]:
         """One outcome per upload, in order; a bad image does not fail the others."""
         embedder = self._ready_embedder()
-        outcomes: list[Outcome | NDArray[np.uint8]] = list(self._decoder.map(self._prepare, uploads))
-        good = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, ImageRejected)]
         assert self._batcher is not None and embedder is not None
-        futures = self._batcher.submit([outcomes[i] for i in good])  # type: ignore[misc]
+        with self._batcher.preparing():
+            outcomes: list[Outcome | NDArray[np.uint8]] = list(self._decoder.map(self._prepare, uploads))
+            good = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, ImageRejected)]
+            futures = self._batcher.submit([outcomes[i] for i in good])  # type: ignore[misc]
         deadline = time.monotonic() + self.settings.wait_timeout_s
         try:
             for i, future in zip(good, futures, strict=True):
