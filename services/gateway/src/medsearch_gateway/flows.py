@@ -231,16 +231,15 @@ class Gateway:
         return _complete(outcomes)
 
     def _set_states(self, model_id: str, indexed: list[StateChange], failed: list[StateChange]) -> None:
-        """Indexed and failed in one call. Failed states are a courtesy: when they cannot be
-        written the images stay pending, which reindex picks up too."""
-        if not indexed:
+        """Indexed and failed in one call. Failed states alone are a courtesy: when they
+        cannot be written the images stay pending, which reindex picks up too."""
+        if indexed:
+            self.catalog.set_states(model_id, [*indexed, *failed])
+        elif failed:
             try:
-                if failed:
-                    self.catalog.set_states(model_id, failed)
+                self.catalog.set_states(model_id, failed)
             except UpstreamError:
                 pass
-            return
-        self.catalog.set_states(model_id, [*indexed, *failed])
 
     # -- reading and removing -------------------------------------------------------------
 
