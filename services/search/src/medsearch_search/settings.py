@@ -29,7 +29,7 @@ class SearchSettings:
     milvus_token: str | None = field(default=None, repr=False)
     milvus_timeout_s: float = 10.0
     index: str = "auto"
-    hnsw_ef: int = 48  # chosen by bench-search's sweep at 112k realistic vectors (README)
+    hnsw_ef: int = 64  # chosen by bench-search's sweep at 112k realistic vectors (README)
     max_queries: int = 100
     max_items: int = 1000
     max_request_bytes: int = 64 * 1024 * 1024
