@@ -28,6 +28,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# What ONNX Runtime and TensorFlow use when present (VNNI, BF16 and AMX on recent Xeons).
+SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine(**versions: str) -> dict[str, Any]:
     """CPU, cores, Python and platform, plus the versions a benchmark names."""
     cpu = next(
@@ -49,7 +53,7 @@ def machine(**versions: str) -> dict[str, Any]:
     return {
         "cpu": cpu,
         # Machines of one kind differ here, and TensorFlow's speed with them.
-        "simd": [flag for flag in ("avx", "avx2", "avx512f", "fma") if flag in flags],
+        "simd": [flag for flag in SIMD_FLAGS if flag in flags],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -37,7 +37,7 @@ SESSION_TTL_S = 10
 # A search visits every segment's own HNSW graph, so the segment count sets its floor. By
 # default Milvus 2.3 seals a segment at 23 % of 512 MB (~14,000 rows of 2048-d vectors): eight
 # graphs for ChestX-ray14, and 19 ms a search. Sealed at 90 % of 1 GB they hold ~75,000 rows (the
-# data node's binlog count then seals them): two graphs, 6 ms at the same recall (bench-search).
+# data node's binlog count then seals them): two graphs, 8 ms at the same recall (ef 128, bench-search).
 SEGMENT_MAX_MB = 1024
 SEGMENT_SEAL_PROPORTION = 0.9
 ENGINE_CONFIG: dict[str, Any] = {
