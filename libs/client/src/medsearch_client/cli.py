@@ -1,4 +1,4 @@
-"""The `medsearch` command: ingest, search, reindex and stats against a MedSearch gateway.
+"""The `medsearch` command: ingest, search, reindex, eval and stats against a MedSearch gateway.
 
 Exit status: 0 when everything worked; 1 when an image or a call failed (each failure is
 listed); 2 when the command line or the CSV is wrong (nothing was sent); 130 when
@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from functools import partial
 from itertools import islice
@@ -22,6 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from medsearch_client import harness
 from medsearch_client.client import (
     DEFAULT_URL,
     URL_ENV,
@@ -31,6 +34,15 @@ from medsearch_client.client import (
     Indexed,
     SearchHit,
 )
+from medsearch_client.evaluation import (
+    KS,
+    EvaluationReport,
+    evaluate_rule,
+    near_duplicate_recall_at_1,
+    same_patient_recall,
+)
+from medsearch_client.harness import EvaluationError
+from medsearch_client.report import headline, write_report
 from medsearch_client.sources import FORMATS, IngestItem, SourceError, SourceOptions, read_source
 
 EXIT_OK = 0
@@ -197,15 +209,7 @@ def report(tally: Tally) -> int:
 
 
 def ingest(args: argparse.Namespace, client: GatewayClient) -> int:
-    options = SourceOptions(
-        format=args.format,
-        images=args.images,
-        path_column=args.path_column,
-        mappings=args.map,
-        dataset=args.dataset,
-        skip_missing=args.skip_missing,
-    )
-    source = read_source(args.source, options)
+    source = read_source(args.source, _source_options(args))
     if source.missing:
         print(f"skipping {len(source.missing)} rows whose image file is missing", file=sys.stderr)
     model = _active_model(client)
@@ -215,6 +219,17 @@ def ingest(args: argparse.Namespace, client: GatewayClient) -> int:
         for batch in batches(source.items, args.batch_size, MAX_BATCH_BYTES)
     ]
     return report(run_jobs(jobs, args.concurrency, "ingest"))
+
+
+def _source_options(args: argparse.Namespace) -> SourceOptions:
+    return SourceOptions(
+        format=args.format,
+        images=args.images,
+        path_column=args.path_column,
+        mappings=args.map,
+        dataset=args.dataset,
+        skip_missing=args.skip_missing,
+    )
 
 
 def batches(items: Sequence[IngestItem], size: int, max_bytes: int) -> Iterator[list[IngestItem]]:
@@ -287,6 +302,98 @@ def search(args: argparse.Namespace, client: GatewayClient) -> int:
     else:
         print("no results: nothing is indexed yet, or nothing matches the filter", file=sys.stderr)
     return EXIT_OK
+
+
+def evaluate(args: argparse.Namespace, client: GatewayClient) -> int:
+    """Retrieval quality of the active model on a labelled, indexed set; see harness.py."""
+    source = read_source(args.source, _source_options(args))
+    if args.ingest:
+        print(f"ingesting {len(source.items)} images first", file=sys.stderr)
+        jobs = [
+            Job([str(item.path) for item in batch], partial(_ingest_batch, client, batch))
+            for batch in batches(source.items, DEFAULT_BATCH_SIZE, MAX_BATCH_BYTES)
+        ]
+        tally = run_jobs(jobs, args.concurrency, "ingest")
+        if tally.failed or tally.not_tried or tally.interrupted:
+            return report(tally)
+    model = _active_model(client)
+    indexed = harness.indexed_set(client, source)
+    images = list(indexed.images.values())
+    queries = harness.sample_queries(indexed, args.queries, args.seed)
+    print(
+        f"evaluating model {model} on {len(images)} indexed images of {', '.join(indexed.datasets)} "
+        f"({indexed.not_stored} of the set not stored, {indexed.not_indexed} not indexed); "
+        f"{len(queries)} queries",
+        file=sys.stderr,
+    )
+    exclude = not args.keep_same_patient
+    with _progress(len(queries), "rankings") as bar:
+        ranked = harness.rankings(
+            client,
+            indexed,
+            queries,
+            k=max(KS),
+            exclude_same_patient=exclude,
+            concurrency=args.concurrency,
+            progress=bar.update,
+        )
+    rules = tuple(
+        evaluate_rule(
+            images, ranked, rule, exclude_same_patient=exclude, bootstrap=args.bootstrap, seed=args.seed
+        )
+        for rule in ("any_finding", "single_label")
+    )
+    if all(rule.queries_scored == 0 for rule in rules):
+        raise UsageError("no query has a relevant image in the set (no two images share a finding)")
+    same_patient = None
+    followups = [i for i in harness.patients_with_followups(indexed) if i in set(queries)]
+    if followups:
+        with _progress(len(followups), "same patient") as bar:
+            unexcluded = harness.rankings(
+                client,
+                indexed,
+                followups,
+                k=max(KS),
+                exclude_same_patient=False,
+                concurrency=args.concurrency,
+                progress=bar.update,
+            )
+        same_patient = same_patient_recall(images, unexcluded, bootstrap=args.bootstrap, seed=args.seed)
+    near_duplicate = None
+    if args.near_duplicates:
+        originals = sorted(random.Random(args.seed).sample(queries, min(args.near_duplicates, len(queries))))
+        with _progress(len(originals), "near duplicates") as bar:
+            tops = harness.near_duplicate_tops(
+                client, indexed, originals, concurrency=args.concurrency, progress=bar.update
+            )
+        near_duplicate = near_duplicate_recall_at_1(tops)
+    result = EvaluationReport(
+        metadata={
+            "model_id": model,
+            "gateway": client.base_url,
+            "source": str(args.source),
+            "datasets": ", ".join(indexed.datasets),
+            "images": len(images),
+            "not_stored": indexed.not_stored,
+            "not_indexed": indexed.not_indexed,
+            "queries": len(queries),
+            "seed": args.seed,
+            "bootstrap": args.bootstrap,
+            "exclude_same_patient": exclude,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        rules=rules,
+        same_patient=same_patient,
+        near_duplicate=near_duplicate,
+    )
+    written = write_report(result, args.out)
+    print("\n".join(headline(result)))
+    print(f"report: {', '.join(str(path) for path in written)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _progress(total: int, description: str) -> tqdm[Any]:
+    return tqdm(total=total, desc=description, unit="query", file=sys.stderr, disable=None)
 
 
 def stats(args: argparse.Namespace, client: GatewayClient) -> int:
@@ -370,6 +477,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
 def _batch_size(text: str) -> int:
     size = _positive_int(text)
     if size > MAX_BATCH_SIZE:
@@ -429,35 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
             "findings/finding). Images already indexed are skipped, so running it again resumes."
         ),
     )
-    cmd.add_argument("source", type=Path, metavar="SOURCE", help="a folder or a labels CSV")
-    cmd.add_argument(
-        "--images",
-        type=Path,
-        metavar="DIR",
-        help="where the CSV's image paths are relative to "
-        "(default: NIH: images/ next to the CSV; generic: the CSV's folder)",
-    )
-    cmd.add_argument("--format", choices=FORMATS, default="auto", help="the CSV's format (default: auto)")
-    cmd.add_argument(
-        "--path-column", metavar="COLUMN", help="generic CSV: the image path column (default: path)"
-    )
-    cmd.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="COLUMN=FIELD",
-        help="generic CSV: fill FIELD (dataset, external_id, patient_id, study, age, sex, view_position, "
-        "findings, extra.KEY) from COLUMN; repeatable",
-    )
-    cmd.add_argument(
-        "--dataset",
-        help="the dataset of rows that name none (default: nih for NIH's file, else the folder's name)",
-    )
-    cmd.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="ingest the CSV's rows whose file exists, rather than refuse a CSV that names missing files",
-    )
+    _add_source_arguments(cmd)
     cmd.add_argument(
         "--batch-size",
         type=_batch_size,
@@ -497,10 +586,91 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--concurrency", type=_positive_int, default=4, help="parallel requests (default 4)")
     cmd.set_defaults(handler=reindex)
 
+    cmd = commands.add_parser(
+        "eval",
+        parents=[connection],
+        help="measure retrieval quality on a labelled set indexed in MedSearch",
+        description=(
+            "For each image of a labelled set (read like `ingest` reads it) that MedSearch has indexed, "
+            "search by its stored vector within the set's datasets, leaving out the image and, by "
+            "default, its patient's other images; score the results against the set's labels (P@k and "
+            "mAP@k, k = 1, 5, 10, 20, under 'shares a finding' and Denner et al.'s single-label "
+            "protocol), each beside a random ranking's figure and with a bootstrap 95%% interval. "
+            "Also same-patient recall (patient exclusion off) and near-duplicate R@1 of half-size "
+            "JPEG copies. Writes eval.json, eval.md and precision_at_k.png."
+        ),
+    )
+    _add_source_arguments(cmd)
+    cmd.add_argument(
+        "--out", type=Path, default=Path("eval-report"), help="report folder (default eval-report)"
+    )
+    cmd.add_argument(
+        "--ingest", action="store_true", help="ingest the set first (resumes; skips what is indexed)"
+    )
+    cmd.add_argument(
+        "--queries",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="a seeded sample of N queries (default: every image)",
+    )
+    cmd.add_argument("--seed", type=int, default=0, help="for sampling and the bootstrap (default 0)")
+    cmd.add_argument(
+        "--bootstrap",
+        type=_non_negative_int,
+        default=1000,
+        help="bootstrap resamples (0: no intervals; default 1000)",
+    )
+    cmd.add_argument(
+        "--keep-same-patient", action="store_true", help="let a query's own patient's other images count"
+    )
+    cmd.add_argument(
+        "--near-duplicates",
+        type=_non_negative_int,
+        default=20,
+        metavar="N",
+        help="queries re-encoded for near-duplicate R@1 (default 20; 0 skips)",
+    )
+    cmd.add_argument("--concurrency", type=_positive_int, default=4, help="parallel requests (default 4)")
+    cmd.set_defaults(handler=evaluate)
+
     cmd = commands.add_parser("stats", parents=[connection], help="counts of images and of their index state")
     cmd.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
     cmd.set_defaults(handler=stats)
     return parser
+
+
+def _add_source_arguments(cmd: argparse.ArgumentParser) -> None:
+    """SOURCE and how to read it: the same for `ingest` and `eval`."""
+    cmd.add_argument("source", type=Path, metavar="SOURCE", help="a folder or a labels CSV")
+    cmd.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="where the CSV's image paths are relative to "
+        "(default: NIH: images/ next to the CSV; generic: the CSV's folder)",
+    )
+    cmd.add_argument("--format", choices=FORMATS, default="auto", help="the CSV's format (default: auto)")
+    cmd.add_argument(
+        "--path-column", metavar="COLUMN", help="generic CSV: the image path column (default: path)"
+    )
+    cmd.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="COLUMN=FIELD",
+        help="generic CSV: fill FIELD (dataset, external_id, patient_id, study, age, sex, view_position, "
+        "findings, extra.KEY) from COLUMN; repeatable",
+    )
+    cmd.add_argument(
+        "--dataset",
+        help="the dataset of rows that name none (default: nih for NIH's file, else the folder's name)",
+    )
+    cmd.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="ingest the CSV's rows whose file exists, rather than refuse a CSV that names missing files",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -519,7 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with client:
             return handler(args, client)
-    except (SourceError, UsageError) as exc:
+    except (SourceError, UsageError, EvaluationError) as exc:
         return _usage_error(str(exc))
     except GatewayError as exc:
         print(f"medsearch: {describe_failure(exc)}", file=sys.stderr)

@@ -261,6 +261,21 @@ class GatewayClient:
         )
         return cast(SearchResponse, _json(response))
 
+    def similar(
+        self, image_id: int, *, k: int = 10, filter: Mapping[str, Any] | None = None
+    ) -> SearchResponse:
+        """The `k` indexed images most like a stored one (by its stored vector), itself left out."""
+        params = {"k": str(k)}
+        if filter:
+            params["filter"] = json.dumps(dict(filter))
+        return cast(
+            SearchResponse, _json(self._request("GET", f"/api/v1/images/{image_id}/similar", params=params))
+        )
+
+    def image_file(self, image_id: int) -> bytes:
+        """The stored image's bytes, as they were added."""
+        return self._request("GET", f"/api/v1/images/{image_id}/file").content
+
     def pending(
         self, *, include_failed: bool = False, limit: int = 500, cursor: str | None = None
     ) -> PendingPage:
