@@ -61,15 +61,15 @@ def machine(**versions: str) -> dict[str, Any]:
     }
 
 
-def start_stack(folder: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
-    """scripts/run.py with `random:42` and the embedded stores in `folder`; its log in run.log."""
+def start_stack(folder: Path, ports: dict[str, int], weights: str = "random:42") -> subprocess.Popen[bytes]:
+    """scripts/run.py serving `weights` with the embedded stores in `folder`; its log in run.log."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in ("MEDSEARCH_DATABASE_URL", "MEDSEARCH_MILVUS_URI")
     }
     env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
-    env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS="random:42")
+    env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS=weights)
     # The converted model from `make run`'s own data folder: converted once, not per stack.
     env.setdefault(
         "MEDSEARCH_EMBEDDER_CACHE_DIR", str(Path(__file__).resolve().parent.parent / "var" / "embedder")

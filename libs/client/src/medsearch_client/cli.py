@@ -332,7 +332,7 @@ def evaluate(args: argparse.Namespace, client: GatewayClient) -> int:
             client,
             indexed,
             queries,
-            k=max(KS),
+            k=harness.FETCH,
             exclude_same_patient=exclude,
             concurrency=args.concurrency,
             progress=bar.update,

@@ -3,8 +3,8 @@
 The caller asks the server, for each query image, for its most similar images and hands the
 rankings here with the images' labels. This module scores them under two relevance rules,
 puts a bootstrap interval and the exact expectation of a random ranking beside each figure,
-and renders the whole report as Markdown. It knows no HTTP and imports nothing beyond the
-standard library: the client package depends only on requests and tqdm.
+and renders the whole report as Markdown. It knows no HTTP and needs nothing beyond the
+standard library.
 
 Definitions. A query's pool is every image of the collection except the query, except (by
 default) its patient's other images, except (single-label rule) images with several labels.

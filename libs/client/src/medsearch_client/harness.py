@@ -21,6 +21,9 @@ from medsearch_client.client import GatewayClient
 from medsearch_client.evaluation import LabelledImage, Ranking, labels_of
 from medsearch_client.sources import Source
 
+# Hits asked per query: a rule leaves some out before scoring (images outside the set, images
+# with several findings under the single-label rule), and k = 20 must remain to score.
+FETCH = 100
 # Half-size JPEG at this quality: a copy as a messaging app or a PACS export would make it.
 NEAR_DUPLICATE_QUALITY = 85
 T = TypeVar("T")
