@@ -13,6 +13,7 @@ request ever waits for a trace. A batch is padded up to the next size in the set
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from medsearch_embedder.preprocessing import INPUT_SIZE, PREPROCESSING_VERSION
 from medsearch_embedder.weights import IMAGENET_MD5, WeightsSpec
 
 log = logging.getLogger("medsearch.embedder")
+# `medsearch-train` writes the model card beside the weights file, named after it.
+CARD_SUFFIX = ".card.json"
 
 ARCHITECTURE = "resnet50"
 DIM = 2048
@@ -50,6 +53,7 @@ class ModelInfo:
     batch_sizes: tuple[int, ...]
     dim: int = DIM
     input_size: int = INPUT_SIZE
+    card: dict[str, Any] | None = None  # the headline of the weights' model card, when they have one
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +71,7 @@ class ModelInfo:
             "device": self.device,
             "precision": self.precision,
             "batch_sizes": list(self.batch_sizes),
+            "card": self.card,
         }
 
 
@@ -188,6 +193,7 @@ def load_embedder(
         device=device_name.lstrip("/"),
         precision=precision,
         batch_sizes=sizes,
+        card=card_headline(weights, identity),
     )
     log.info(
         "model loaded",
@@ -207,6 +213,38 @@ def forward_function(model: keras.Model) -> Any:
         return tf.math.l2_normalize(features, axis=1)
 
     return forward
+
+
+def card_headline(weights: WeightsSpec, identity: str) -> dict[str, Any] | None:
+    """What the UI shows of the model card `medsearch-train` writes beside its weights file
+    (`<file>.card.json`): how the weights were trained and their validation figures. A card
+    written for other weights (its model_id differs) is ignored, with a warning."""
+    if weights.mode != "file" or weights.path is None:
+        return None
+    path = weights.path.with_name(weights.path.name + CARD_SUFFIX)
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+        if card.get("model_id") != identity:
+            log.warning(
+                "the model card beside the weights is for other weights: not shown", extra={"card": path.name}
+            )
+            return None
+        validation, training = card["validation"], card["training"]
+        return {
+            "starting_weights": str(card["starting_weights"]),
+            "training_images": int(card["data"]["images"]),
+            "split": str(card["split"].get("method", "")),
+            "epochs_run": int(training["epochs_run"]),
+            "best_epoch": int(training["best_epoch"]),
+            "validation_mean_auc": validation["mean_auc"],
+            "validation_auc": dict(validation["auc"]),
+            "date": str(card["date"]),
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("the model card beside the weights cannot be read: not shown", extra={"error": str(exc)})
+        return None
 
 
 def _traced(forward: Any, device_name: str, sizes: tuple[int, ...]) -> TensorFlowRunner:

@@ -203,7 +203,15 @@ function renderStats(stats) {
     `${index.indexed ?? 0} indexed, ${index.pending ?? 0} pending` + (index.failed ? `, ${index.failed} failed` : ""),
     stats.model ? `model ${stats.model.model_id}` : "model unavailable (embedder down)",
   ];
+  if (stats.model && stats.model.card) parts.push(describeCard(stats.model.card));
   ui.stats.textContent = parts.join(" · ");
+}
+
+/** The model card's headline: how the serving weights were trained and how well they validated. */
+function describeCard(card) {
+  const auc = card.validation_mean_auc == null ? "no validation AUC" : `validation AUC ${card.validation_mean_auc.toFixed(3)}`;
+  return `fine-tuned from ${card.starting_weights} on ${plural(card.training_images, "image")}, ` +
+    `${auc} (epoch ${card.best_epoch} of ${card.epochs_run})`;
 }
 
 /** Shows the banner when the active model's results mean nothing (random weights). */
