@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query
+.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query bench-quality
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ bench-ingest: install
 
 bench-query: install
 	$(BIN)/python benchmarks/bench_query.py
+
+bench-quality: install
+	$(BIN)/python benchmarks/bench_quality.py
 
 lint: install
 	$(BIN)/ruff check .

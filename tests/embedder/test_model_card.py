@@ -18,7 +18,7 @@ def card(model_id: str = IDENTITY) -> dict[str, Any]:
     return {
         "model_id": model_id,
         "starting_weights": "random:42",
-        "data": {"labels": "Data_Entry_2017_v2020.csv", "images": 240, "patients": 230},
+        "data": {"labels_file": "Data_Entry_2017_v2020.csv", "images": 300, "train": {"images": 240}},
         "split": {"method": "official lists", "seed": 0},
         "training": {"epochs_run": 6, "best_epoch": 4, "seconds": 900.0},
         "validation": {"epoch": 4, "mean_auc": 0.5625, "auc": {"Effusion": 0.61, "Mass": 0.515}},

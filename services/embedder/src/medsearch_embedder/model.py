@@ -234,7 +234,7 @@ def card_headline(weights: WeightsSpec, identity: str) -> dict[str, Any] | None:
         validation, training = card["validation"], card["training"]
         return {
             "starting_weights": str(card["starting_weights"]),
-            "training_images": int(card["data"]["images"]),
+            "training_images": int(card["data"]["train"]["images"]),
             "split": str(card["split"].get("method", "")),
             "epochs_run": int(training["epochs_run"]),
             "best_epoch": int(training["best_epoch"]),
