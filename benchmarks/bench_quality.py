@@ -114,7 +114,7 @@ def main() -> None:
         },
         "training": {"seconds": round(train_s, 1), "start_weights": START_WEIGHTS, "card": card},
         "evaluations": headlines,
-        "reports": str(reports.relative_to(REPO_ROOT)),
+        "reports": str(reports.relative_to(REPO_ROOT) if reports.is_relative_to(REPO_ROOT) else reports),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, figures in headlines.items():
