@@ -69,14 +69,29 @@ def catalog(catalog_app: Flask, database_url: str) -> FlaskClient:
     return catalog_app.test_client()
 
 
-def row_counts(database_url: str) -> dict[str, int]:
+IMAGE_TABLES = ("images", "image_files", "index_states")
+IDENTITY_TABLES = ("api_tokens", "sessions", "audit_events")
+
+
+@pytest.fixture
+def identity_catalog(catalog: FlaskClient, database_url: str) -> FlaskClient:
+    """A test client over a catalog with no tokens, sessions or audit events either."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE api_tokens, sessions RESTART IDENTITY CASCADE")
+        # The trail refuses truncation through its own trigger; replica mode skips triggers.
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("TRUNCATE audit_events RESTART IDENTITY")
+    return catalog
+
+
+def row_counts(database_url: str, tables: tuple[str, ...] = IMAGE_TABLES) -> dict[str, int]:
     """Rows in each catalog table: proof that a rejected request wrote nothing."""
     with psycopg.connect(database_url) as conn:
         return {
             table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[
                 0
             ]  # type: ignore[index]
-            for table in ("images", "image_files", "index_states")
+            for table in tables
         }
 
 

@@ -262,6 +262,122 @@ def test_database_down_gives_documented_503s(make_catalog_app: Any) -> None:
     assert check(states, STATES_PATH, "put")["status"] == 503
 
 
+def test_identity_answers(identity_catalog: FlaskClient, database_url: str) -> None:
+    client = identity_catalog
+    created = client.post("/v1/tokens", json={"name": "ci", "role": "editor", "expires_at": None})
+    assert created.status_code == 201
+    token = check(created, "/v1/tokens", "post")["token"]
+    secret = created.json["secret"]  # type: ignore[index]
+    assert check(client.get("/v1/tokens"), "/v1/tokens", "get")["items"] == [token]
+    verified = check(client.post("/v1/tokens/verify", json={"secret": secret}), "/v1/tokens/verify", "post")
+    assert verified["identity"]["token_id"] == token["id"]
+
+    subject = f"token:{token['id']}"
+    started = client.post(
+        "/v1/sessions", json={"subject": subject, "role": "editor", "token_id": token["id"]}
+    )
+    assert started.status_code == 201
+    session = check(started, "/v1/sessions", "post")
+    both = {"secret": session["secret"], "csrf_token": session["csrf_token"]}
+    assert check(client.post("/v1/sessions/verify", json=both), "/v1/sessions/verify", "post")["csrf_ok"]
+    ended = client.delete("/v1/sessions", json={"secret": session["secret"]})
+    assert ended.status_code == 204
+    check(ended, "/v1/sessions", "delete")
+    revoked = client.delete(f"/v1/tokens/{token['id']}")
+    assert revoked.status_code == 204
+    check(revoked, "/v1/tokens/{token_id}", "delete")
+
+    cases: list[tuple[TestResponse, int, str, str]] = [
+        (client.post("/v1/tokens/verify", json={"secret": secret}), 401, "/v1/tokens/verify", "post"),
+        (client.post("/v1/tokens/verify", json={"secret": 1}), 422, "/v1/tokens/verify", "post"),
+        (
+            client.post("/v1/tokens/verify", data="{", content_type="application/json"),
+            400,
+            "/v1/tokens/verify",
+            "post",
+        ),
+        (client.post("/v1/sessions/verify", json=both), 401, "/v1/sessions/verify", "post"),
+        (client.post("/v1/sessions/verify", json={}), 422, "/v1/sessions/verify", "post"),
+        (client.post("/v1/sessions", json={"subject": "x", "role": "x"}), 422, "/v1/sessions", "post"),
+        (client.delete("/v1/sessions", json={"secret": 1}), 422, "/v1/sessions", "delete"),
+        (client.post("/v1/tokens", json={"name": "x"}), 422, "/v1/tokens", "post"),
+        (client.get("/v1/tokens", query_string={"x": 1}), 400, "/v1/tokens", "get"),
+        (client.delete("/v1/tokens/999"), 404, "/v1/tokens/{token_id}", "delete"),
+        (client.delete("/v1/tokens/x"), 400, "/v1/tokens/{token_id}", "delete"),
+    ]
+    for response, status, path, method in cases:
+        assert response.status_code == status, (path, method, response.json)
+        assert check(response, path, method)["status"] == status
+
+
+def test_audit_answers(identity_catalog: FlaskClient) -> None:
+    client = identity_catalog
+    event = {"actor": "token:1", "role": "reader", "action": "search", "outcome": "ok", "result_ids": [1, 2]}
+    for _ in range(3):
+        recorded = client.post("/v1/audit", json={"event": event})
+        assert recorded.status_code == 201
+        check(recorded, "/v1/audit", "post")
+    page = check(client.get("/v1/audit", query_string={"limit": 2, "actor": "token:1"}), "/v1/audit", "get")
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    last = client.get("/v1/audit", query_string={"cursor": page["next_cursor"], "limit": 2})
+    assert check(last, "/v1/audit", "get")["next_cursor"] is None
+    exported = client.get("/v1/audit.csv", query_string={"action": "search"})
+    assert exported.status_code == 200
+    assert check(exported, "/v1/audit.csv", "get").startswith(b"id,at,actor,")
+    for response, status, path, method in [
+        (client.post("/v1/audit", json={"event": {"actor": "a"}}), 422, "/v1/audit", "post"),
+        (client.post("/v1/audit", data="[", content_type="application/json"), 400, "/v1/audit", "post"),
+        (client.get("/v1/audit", query_string={"action": "hack"}), 400, "/v1/audit", "get"),
+        (client.get("/v1/audit.csv", query_string={"limit": 3}), 400, "/v1/audit.csv", "get"),
+    ]:
+        assert response.status_code == status, (path, method, response.json)
+        assert check(response, path, method)["status"] == status
+
+
+IDENTITY_SCHEMA_CASES = [
+    ("NewToken", {"name": "ci", "role": "reader"}, True),
+    ("NewToken", {"name": "ci", "role": "admin", "expires_at": "2999-01-01T00:00:00+00:00"}, True),
+    ("NewToken", {"name": " ", "role": "reader"}, False),
+    ("NewToken", {"name": "ci", "role": "root"}, False),
+    ("NewToken", {"name": "ci", "role": "reader", "colour": "red"}, False),
+    ("NewSession", {"subject": "oidc:a", "role": "reader", "ttl_s": 60}, True),
+    ("NewSession", {"subject": "oidc:a", "role": "reader", "ttl_s": 59}, False),
+    ("NewSession", {"subject": "a\nb", "role": "reader"}, False),
+    ("NewSession", {"subject": "oidc:a"}, False),
+]
+
+
+@pytest.mark.parametrize(("schema", "body", "accepted"), IDENTITY_SCHEMA_CASES)
+def test_identity_request_schemas_agree_with_the_code(
+    identity_catalog: FlaskClient, schema: str, body: Any, accepted: bool
+) -> None:
+    assert (not schema_errors(f"/components/schemas/{schema}", body)) is accepted
+    path = "/v1/tokens" if schema == "NewToken" else "/v1/sessions"
+    response = identity_catalog.post(path, json=body)
+    assert (response.status_code == 201) is accepted
+    check(response, path, "post")
+
+
+AUDIT_SCHEMA_CASES = [
+    ({"actor": "a", "action": "sign_in", "outcome": "ok", "role": None, "detail": ""}, True),
+    ({"actor": "a", "action": "search", "outcome": "ok", "result_ids": list(range(1, 1001))}, True),
+    ({"actor": "a", "action": "search", "outcome": "ok", "result_ids": list(range(1, 1002))}, False),
+    ({"actor": "a", "action": "search", "outcome": "ok", "detail": "a\tb"}, False),
+    ({"actor": "a", "action": "search", "outcome": "done"}, False),
+    ({"actor": "a", "action": "search"}, False),
+]
+
+
+@pytest.mark.parametrize(("event", "accepted"), AUDIT_SCHEMA_CASES)
+def test_audit_event_schema_agrees_with_the_code(
+    identity_catalog: FlaskClient, event: Any, accepted: bool
+) -> None:
+    assert (not schema_errors("/components/schemas/AuditEventToRecord", {"event": event})) is accepted
+    response = identity_catalog.post("/v1/audit", json={"event": event})
+    assert (response.status_code == 201) is accepted
+    check(response, "/v1/audit", "post")
+
+
 # -- request schemas agree with the code on what is accepted -----------------------------------------------
 
 METADATA_CASES = [

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.datastructures import FileStorage
 
-from medsearch_catalog.errors import BatchTooLarge, InvalidMetadata, MalformedRequest, status_of
+from medsearch_catalog.audit import DEFAULT_PAGE_SIZE as AUDIT_DEFAULT_PAGE_SIZE
+from medsearch_catalog.audit import MAX_PAGE_SIZE as AUDIT_MAX_PAGE_SIZE
+from medsearch_catalog.audit import AuditRecord, AuditTrail, event_from_json
+from medsearch_catalog.errors import (
+    BatchTooLarge,
+    InvalidAuditEvent,
+    InvalidCredentials,
+    InvalidIdentityRequest,
+    InvalidMetadata,
+    MalformedRequest,
+    status_of,
+)
+from medsearch_catalog.identity import DEFAULT_SESSION_TTL, Identity, IdentityStore, TokenRecord
 from medsearch_catalog.images import ImageLimits
 from medsearch_catalog.ingest import ImageUpload, IngestOutcome, RefusedImage, ingest_images
 from medsearch_catalog.metadata import (
@@ -25,13 +38,18 @@ from medsearch_catalog.parsing import (
     encode_cursor,
     flag_arg,
     int_arg,
+    parse_audit_filter,
     parse_filter,
+    parse_id,
     parse_id_list,
     parse_image_id,
     parse_index_state,
     parse_index_states,
     parse_metadata_list,
     parse_model_id,
+    parse_secrets,
+    parse_session_request,
+    parse_token_request,
 )
 from medsearch_catalog.repository import (
     CatalogStats,
@@ -57,6 +75,11 @@ _LIST_PARAMS = {
     "dataset", "patient_id", "external_id", "finding", "sex", "view_position",
     "age_min", "age_max", "model_id", "index_state", "limit", "cursor",
 }  # fmt: skip
+_AUDIT_PARAMS = {"actor", "action", "image_id", "since", "until", "limit", "cursor"}
+# Answers that carry a secret, or who did what, stay out of every cache.
+_NO_STORE = {"Cache-Control": "no-store"}
+_INVALID_TOKEN = "invalid or revoked token"  # noqa: S105 - a message, not a secret
+_INVALID_SESSION = "invalid, ended or expired session"
 
 blueprint = Blueprint("catalog", __name__, url_prefix="/v1")
 
@@ -66,6 +89,8 @@ class CatalogContext:
     repository: ImageRepository
     limits: ImageLimits
     decode_pool: Executor
+    identity: IdentityStore
+    audit: AuditTrail
 
 
 def _context() -> CatalogContext:
@@ -196,6 +221,106 @@ def set_index_states(model_id: str) -> Response:
     )
 
 
+# -- identity: API tokens and browser sessions (internal: the gateway calls these) ------------------
+
+
+@blueprint.post("/tokens")
+def create_token() -> tuple[Response, int, dict[str, str]]:
+    name, role, expires_at = parse_token_request(
+        _json_body("the token request", too_large=InvalidIdentityRequest)
+    )
+    record, secret = _context().identity.create_token(name, role, expires_at)
+    return jsonify(token=token_json(record), secret=secret), 201, _NO_STORE
+
+
+@blueprint.get("/tokens")
+def list_tokens() -> Response:
+    _refuse_unknown_params(set())
+    return jsonify(items=[token_json(t) for t in _context().identity.list_tokens()])
+
+
+@blueprint.delete("/tokens/<token_id>")
+def revoke_token(token_id: str) -> tuple[str, int]:
+    _context().identity.revoke_token(parse_id(token_id, "a token ID"))
+    return "", 204
+
+
+@blueprint.post("/tokens/verify")
+def verify_token() -> tuple[Response, int, dict[str, str]]:
+    sent = parse_secrets(_json_body("the token", too_large=InvalidIdentityRequest), ("secret",))
+    identity = _context().identity.verify_token(sent["secret"])
+    if identity is None:
+        raise InvalidCredentials(_INVALID_TOKEN)
+    return jsonify(identity=identity_json(identity)), 200, _NO_STORE
+
+
+@blueprint.post("/sessions")
+def start_session() -> tuple[Response, int, dict[str, str]]:
+    identity, ttl = parse_session_request(_json_body("the session request", too_large=InvalidIdentityRequest))
+    session = _context().identity.start_session(identity, ttl or DEFAULT_SESSION_TTL)
+    body = {
+        "secret": session.secret,
+        "csrf_token": session.csrf_token,
+        "expires_at": session.expires_at.isoformat(),
+    }
+    return jsonify(body), 201, _NO_STORE
+
+
+@blueprint.post("/sessions/verify")
+def verify_session() -> tuple[Response, int, dict[str, str]]:
+    sent = parse_secrets(
+        _json_body("the session", too_large=InvalidIdentityRequest), ("secret",), ("csrf_token",)
+    )
+    store = _context().identity
+    identity = store.verify_session(sent["secret"])
+    if identity is None:
+        raise InvalidCredentials(_INVALID_SESSION)
+    body: dict[str, Any] = {"identity": identity_json(identity)}
+    if "csrf_token" in sent:
+        body["csrf_ok"] = store.check_csrf(sent["secret"], sent["csrf_token"])
+    return jsonify(body), 200, _NO_STORE
+
+
+@blueprint.delete("/sessions")
+def end_session() -> tuple[str, int]:
+    sent = parse_secrets(_json_body("the session", too_large=InvalidIdentityRequest), ("secret",))
+    _context().identity.end_session(sent["secret"])
+    return "", 204
+
+
+# -- the audit trail ----------------------------------------------------------------------------------
+
+
+@blueprint.post("/audit")
+def record_audit_event() -> tuple[Response, int]:
+    body = _json_body("the audit event", too_large=InvalidAuditEvent)
+    if not isinstance(body, dict) or set(body) != {"event"}:
+        raise InvalidAuditEvent('the body must be a JSON object with only "event", the event to record')
+    record = _context().audit.record(event_from_json(body["event"]))
+    return jsonify(id=record.id), 201
+
+
+@blueprint.get("/audit")
+def query_audit() -> tuple[Response, int, dict[str, str]]:
+    _refuse_unknown_params(_AUDIT_PARAMS)
+    page = _context().audit.query(
+        parse_audit_filter(request.args),
+        limit=int_arg(request.args, "limit", 1, AUDIT_MAX_PAGE_SIZE) or AUDIT_DEFAULT_PAGE_SIZE,
+        cursor=request.args.get("cursor"),
+    )
+    return jsonify(items=[audit_json(r) for r in page.items], next_cursor=page.next_cursor), 200, _NO_STORE
+
+
+@blueprint.get("/audit.csv")
+def export_audit() -> Response:
+    _refuse_unknown_params(_AUDIT_PARAMS - {"limit", "cursor"})
+    lines = _context().audit.export_csv(parse_audit_filter(request.args))
+    response = Response(lines, mimetype="text/csv")
+    response.headers["Content-Disposition"] = 'attachment; filename="audit.csv"'
+    response.headers.update(_NO_STORE)
+    return response
+
+
 @blueprint.get("/openapi.json")
 def openapi() -> Response:
     document = (resources.files("medsearch_catalog") / "openapi.json").read_text(encoding="utf-8")
@@ -324,3 +449,39 @@ def stats_json(stats: CatalogStats) -> dict[str, Any]:
 
 def index_state_json(state: IndexState) -> dict[str, Any]:
     return {"state": state.state, "reason": state.reason, "updated_at": state.updated_at.isoformat()}
+
+
+def token_json(record: TokenRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "role": record.role,
+        "created_at": record.created_at.isoformat(),
+        "expires_at": _iso(record.expires_at),
+        "revoked_at": _iso(record.revoked_at),
+        "last_used_at": _iso(record.last_used_at),
+    }
+
+
+def identity_json(identity: Identity) -> dict[str, Any]:
+    return {"subject": identity.subject, "role": identity.role, "token_id": identity.token_id}
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    event = record.event
+    return {
+        "id": record.id,
+        "at": record.at.isoformat(),
+        "actor": event.actor,
+        "role": event.role,
+        "action": event.action,
+        "outcome": event.outcome,
+        "image_id": event.image_id,
+        "result_ids": None if event.result_ids is None else list(event.result_ids),
+        "request_id": event.request_id,
+        "detail": event.detail,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()

@@ -9,7 +9,9 @@ from flask import Flask
 from psycopg_pool import ConnectionPool
 
 from medsearch_catalog.api import CATALOG_EXTENSION, CatalogContext, blueprint
+from medsearch_catalog.audit import AuditTrail
 from medsearch_catalog.errors import ERROR_STATUSES
+from medsearch_catalog.identity import IdentityStore
 from medsearch_catalog.images import ImageLimits
 from medsearch_catalog.repository import ImageRepository
 from medsearch_catalog.settings import CatalogSettings
@@ -61,6 +63,8 @@ def create_app(settings: CatalogSettings, pool: ConnectionPool | None = None) ->
             thumbnail_px=settings.thumbnail_px,
         ),
         decode_pool=decode_pool,
+        identity=IdentityStore(repository),
+        audit=AuditTrail(repository),
     )
     app.register_blueprint(blueprint)
     atexit.register(pool.close)

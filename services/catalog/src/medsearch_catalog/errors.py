@@ -41,6 +41,23 @@ class ImageNotFound(Exception):
     """No image has that ID (404)."""
 
 
+class InvalidIdentityRequest(Exception):
+    """A token or session request is unacceptable: a name, role, expiry, subject or TTL out of range,
+    an unknown field, or a session for a token that is not live (422)."""
+
+
+class InvalidCredentials(Exception):
+    """A token or session secret that is malformed, unknown, revoked, expired or ended (401)."""
+
+
+class TokenNotFound(Exception):
+    """No API token has that ID (404)."""
+
+
+class InvalidAuditEvent(Exception):
+    """An audit event is malformed: unknown action or outcome, or a field out of range (422)."""
+
+
 class DatabaseUnavailable(Exception):
     """PostgreSQL cannot be reached or did not answer in time (503)."""
 
@@ -57,6 +74,10 @@ ERROR_STATUSES: dict[type[Exception], int] = {
     MalformedRequest: 400,
     BatchTooLarge: 413,
     ImageNotFound: 404,
+    InvalidIdentityRequest: 422,
+    InvalidCredentials: 401,
+    TokenNotFound: 404,
+    InvalidAuditEvent: 422,
     DatabaseUnavailable: 503,
 }
 

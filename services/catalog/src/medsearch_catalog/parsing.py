@@ -6,9 +6,17 @@ import base64
 import binascii
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from medsearch_catalog.errors import BatchTooLarge, InvalidIndexState, MalformedRequest
+from medsearch_catalog.audit import ACTIONS, MAX_ACTOR_CHARS, AuditFilter
+from medsearch_catalog.errors import (
+    BatchTooLarge,
+    InvalidIdentityRequest,
+    InvalidIndexState,
+    MalformedRequest,
+)
+from medsearch_catalog.identity import MAX_SECRET_CHARS, Identity
 from medsearch_catalog.metadata import MAX_TEXT_CHARS, SEXES
 from medsearch_catalog.repository import INDEX_STATES, ImageFilter, IndexStateChange
 
@@ -22,8 +30,13 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def parse_image_id(raw: str) -> int:
+    return parse_id(raw, "an image ID")
+
+
+def parse_id(raw: str, what: str) -> int:
+    """A positive bigint ID from a path part or a parameter; `what` names it in the error."""
     if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= _MAX_BIGINT:
-        raise MalformedRequest(f"an image ID is a positive integer, got {raw[:40]!r}")
+        raise MalformedRequest(f"{what} is a positive integer, got {raw[:40]!r}")
     return int(raw)
 
 
@@ -186,3 +199,89 @@ def _index_state_change(
     elif reason is not None:
         raise InvalidIndexState(f"{where}'reason' is only for the failed state, not {state}")
     return IndexStateChange(image_id, state, reason)
+
+
+# -- identity and audit ------------------------------------------------------------------
+
+
+def parse_token_request(body: Any) -> tuple[Any, Any, datetime | None]:
+    """A new token's name, role and optional expiry (name and role checked by the store)."""
+    fields = _object(body, required=("name", "role"), optional=("expires_at",))
+    expires_at = fields.get("expires_at")
+    return (
+        fields["name"],
+        fields["role"],
+        None if expires_at is None else _timestamp(expires_at, "expires_at"),
+    )
+
+
+def parse_session_request(body: Any) -> tuple[Identity, timedelta | None]:
+    """Who a new session is for, and its TTL when given (both checked by the store)."""
+    fields = _object(body, required=("subject", "role"), optional=("token_id", "ttl_s"))
+    token_id, ttl_s = fields.get("token_id"), fields.get("ttl_s")
+    if token_id is not None and not _is_positive_int(token_id):
+        raise InvalidIdentityRequest("token_id must be null or a positive integer")
+    if ttl_s is not None and not _is_positive_int(ttl_s):
+        raise InvalidIdentityRequest("ttl_s must be a positive integer (seconds)")
+    identity = Identity(subject=fields["subject"], role=fields["role"], token_id=token_id)
+    return identity, None if ttl_s is None else timedelta(seconds=min(ttl_s, 10**9))
+
+
+def parse_secrets(body: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, str]:
+    """Secrets sent in a JSON body: strings of any content (a malformed one simply fails to verify)."""
+    fields = _object(body, required=required, optional=optional)
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidIdentityRequest(f"{name} must be a string")
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def parse_audit_filter(args: Any) -> AuditFilter:
+    """An audit query's filter from its parameters (a werkzeug MultiDict)."""
+    actor, action = args.get("actor"), args.get("action")
+    if actor is not None and not 1 <= len(actor) <= MAX_ACTOR_CHARS:
+        raise MalformedRequest(f"'actor' must be 1-{MAX_ACTOR_CHARS} characters")
+    if action is not None and action not in ACTIONS:
+        raise MalformedRequest(f"'action' must be one of {', '.join(ACTIONS)}, got {action[:40]!r}")
+    image_id = args.get("image_id")
+    since, until = args.get("since"), args.get("until")
+    audit_filter = AuditFilter(
+        actor=actor,
+        action=action,
+        image_id=None if image_id is None else parse_id(image_id, "'image_id'"),
+        since=None if since is None else _timestamp(since, "since", error=MalformedRequest),
+        until=None if until is None else _timestamp(until, "until", error=MalformedRequest),
+    )
+    if audit_filter.since and audit_filter.until and audit_filter.since > audit_filter.until:
+        raise MalformedRequest("'since' is after 'until'")
+    return audit_filter
+
+
+def _object(body: Any, *, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+    known = (*required, *optional)
+    if not isinstance(body, dict):
+        raise InvalidIdentityRequest(f"the body must be a JSON object with {', '.join(known)}")
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        # Names only, cut short: a misplaced secret must not come back in an error or a log.
+        names = ", ".join(name[:40] for name in unknown[:5])
+        raise InvalidIdentityRequest(f"unknown field(s): {names}; known fields are: {', '.join(known)}")
+    missing = [name for name in required if body.get(name) is None]
+    if missing:
+        raise InvalidIdentityRequest(f"the body needs {', '.join(missing)}")
+    return body
+
+
+def _timestamp(raw: Any, name: str, error: type[Exception] = InvalidIdentityRequest) -> datetime:
+    """An ISO 8601 time; one without an offset is UTC."""
+    if not isinstance(raw, str) or len(raw) > MAX_SECRET_CHARS:
+        raise error(f"'{name}' must be an ISO 8601 date and time")
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise error(f"'{name}' must be an ISO 8601 date and time, got {raw[:40]!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_BIGINT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -162,6 +162,11 @@ class ImageRepository:
         self.ensure_schema()
         with self._transaction() as conn:
             yield conn
+
+    def transaction(self) -> AbstractContextManager[psycopg.Connection[dict[str, Any]]]:
+        """A connection in a transaction on the migrated schema, for the catalog's other stores
+        (identity, audit): one pool, one migration step, one mapping of database failures."""
+        return self._ready_transaction()
 
     def ensure_schema(self) -> None:
         """Apply pending migrations once per process (again after a failure)."""
