@@ -268,6 +268,18 @@ def test_delete_removes_from_get_and_search_and_is_idempotent(search: FlaskClien
     assert model is not None and model["count"] == len(vectors) - 1
 
 
+def test_a_delete_is_gone_from_the_very_next_search(search: FlaskClient, model_id: str) -> None:
+    """Delete then search at once, several times: Milvus 2.3 answers a delete without its
+    timestamp, so a session search could be served before the delete was applied."""
+    vectors = unit_vectors(8, 16, seed=41)
+    items = [{"id": i, "vector": vector.tolist()} for i, vector in enumerate(vectors, start=1)]
+    assert upsert(search, model_id, items).status_code == 200
+    assert search_ids(search, model_id, vectors[0], k=1) == [1]  # the service has seen its writes
+    for i, vector in enumerate(vectors, start=1):
+        assert search.delete(f"/v1/models/{model_id}/vectors/{i}").status_code == 204
+        assert i not in search_ids(search, model_id, vector, k=8)
+
+
 def test_base64_vectors_store_and_search_like_lists(search: FlaskClient, model_id: str) -> None:
     vectors = unit_vectors(8, 16, seed=31)
     encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
