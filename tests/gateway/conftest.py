@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,27 @@ class Stack:
     proxies: dict[str, CuttableProxy]  # by service name, between the gateway and each service
     urls: dict[str, str]  # each service's own URL, behind its proxy
     logs: Path
+    tokens: dict[str, str]  # an API token's secret per role, made through the catalog
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The admin's Authorization header: what the suites that test other things send."""
+        return self.auth_as("admin")
+
+    def auth_as(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+def make_tokens(catalog_url: str) -> dict[str, str]:
+    """One API token per role, made as `make run` makes its first: through the catalog."""
+    tokens = {}
+    for role in ("reader", "editor", "admin"):
+        response = requests.post(
+            f"{catalog_url}/v1/tokens", json={"name": f"tests {role}", "role": role}, timeout=HTTP_TIMEOUT_S
+        )
+        assert response.status_code == 201, response.text
+        tokens[role] = response.json()["secret"]
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,7 @@ def stack(
         gateway_log = logs / "gateway.log"
         process, gateway = stack_of.enter_context(service_process("gateway", gateway_env, gateway_log))
         wait_ready(gateway, process, gateway_log, START_GUARD_S)
-        yield Stack(gateway=gateway, proxies=proxies, urls=urls, logs=logs)
+        yield Stack(gateway, proxies, urls, logs, make_tokens(urls["catalog"]))
 
 
 @pytest.fixture
@@ -105,32 +127,38 @@ def restore_proxies(stack: Stack) -> Iterator[None]:
         proxy.restore()
 
 
-def ingest(gateway: str, path: Path, metadata: dict[str, Any]) -> requests.Response:
+def ingest(stack: Stack, path: Path, metadata: dict[str, Any]) -> requests.Response:
     with open(path, "rb") as handle:
         return requests.post(
-            f"{gateway}/api/v1/images",
+            f"{stack.gateway}/api/v1/images",
             files={"image": (path.name, handle.read())},
             data={"metadata": json.dumps(metadata)},
+            headers=stack.auth,
             timeout=HTTP_TIMEOUT_S,
         )
 
 
-def search(gateway: str, data: bytes, **form: Any) -> requests.Response:
+def search(stack: Stack, data: bytes, **form: Any) -> requests.Response:
     fields = {
         key: json.dumps(value) if isinstance(value, dict) else str(value) for key, value in form.items()
     }
     return requests.post(
-        f"{gateway}/api/v1/search", files={"image": ("query", data)}, data=fields, timeout=HTTP_TIMEOUT_S
+        f"{stack.gateway}/api/v1/search",
+        files={"image": ("query", data)},
+        data=fields,
+        headers=stack.auth,
+        timeout=HTTP_TIMEOUT_S,
     )
 
 
-def medsearch(gateway: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The `medsearch` command line, as a user runs it."""
-    command = [str(Path(sys.executable).parent / "medsearch"), "--url", gateway, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+def medsearch(stack: Stack, *args: str, role: str = "admin") -> subprocess.CompletedProcess[str]:
+    """The `medsearch` command line, as a user runs it, with the role's token in MEDSEARCH_TOKEN."""
+    command = [str(Path(sys.executable).parent / "medsearch"), "--url", stack.gateway, *args]
+    env = {**os.environ, "MEDSEARCH_TOKEN": stack.tokens[role]}
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, env=env)
 
 
-def ingest_shared_sets(gateway: str, test_data: Path) -> list[str]:
+def ingest_shared_sets(stack: Stack, test_data: Path) -> list[str]:
     """NIH's own label file and the Hannover set's generic labels.csv, through the CLI;
     the summary line of each run."""
     nih = test_data / "nih_cxr14"
@@ -140,7 +168,7 @@ def ingest_shared_sets(gateway: str, test_data: Path) -> list[str]:
     ]
     summaries = []
     for args in runs:
-        result = medsearch(gateway, *args, "--concurrency", "4")
+        result = medsearch(stack, *args, "--concurrency", "4")
         assert result.returncode == 0, result.stdout + result.stderr
         summaries.append(result.stdout.strip().splitlines()[-1])
     return summaries
@@ -150,7 +178,7 @@ def ingest_shared_sets(gateway: str, test_data: Path) -> list[str]:
 def indexed(stack: Stack, test_data: Path) -> list[Indexed]:
     """The NIH and Hannover sets, ingested with `medsearch ingest` through the gateway; in
     the order of their labels.csv, each with the ID and metadata the gateway gives back."""
-    summaries = ingest_shared_sets(stack.gateway, test_data)
+    summaries = ingest_shared_sets(stack, test_data)
     assert summaries == [
         "303 new, 0 completed, 0 already indexed, 0 failed",
         "104 new, 0 completed, 0 already indexed, 0 failed",
@@ -159,7 +187,10 @@ def indexed(stack: Stack, test_data: Path) -> list[Indexed]:
     cursor: str | None = ""
     while cursor is not None:
         page = requests.get(
-            f"{stack.gateway}/api/v1/images", params={"limit": 500, "cursor": cursor}, timeout=HTTP_TIMEOUT_S
+            f"{stack.gateway}/api/v1/images",
+            params={"limit": 500, "cursor": cursor},
+            headers=stack.auth,
+            timeout=HTTP_TIMEOUT_S,
         ).json()
         by_external_id.update({image["metadata"]["external_id"]: image for image in page["items"]})
         cursor = page["next_cursor"]

@@ -35,9 +35,27 @@ def test_every_documented_endpoint_has_a_rule_and_every_rule_is_documented() -> 
     assert documented_endpoints() == set(REQUIRED_ROLE)
 
 
-def test_only_liveness_readiness_and_the_api_description_are_public() -> None:
+def test_the_document_states_each_rule() -> None:
+    document = json.loads((resources.files("medsearch_gateway") / "openapi.json").read_text(encoding="utf-8"))
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if method in METHODS:
+                assert operation["x-medsearch-role"] == REQUIRED_ROLE[(method.upper(), path)], (method, path)
+                if REQUIRED_ROLE[(method.upper(), path)] == PUBLIC:
+                    assert operation["security"] == []
+                else:
+                    assert {"401", "403"} <= set(operation["responses"]), (method, path)
+
+
+def test_only_liveness_readiness_sign_in_and_out_and_the_api_description_are_public() -> None:
     public = {endpoint for endpoint, rule in REQUIRED_ROLE.items() if rule == PUBLIC}
-    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json")}
+    assert public == {
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/api/v1/openapi.json"),
+        ("POST", "/api/v1/session"),
+        ("DELETE", "/api/v1/session"),
+    }
 
 
 def test_every_write_needs_an_editor_and_metrics_an_admin() -> None:
@@ -45,9 +63,13 @@ def test_every_write_needs_an_editor_and_metrics_an_admin() -> None:
         if method in ("POST", "PUT", "PATCH", "DELETE") and path not in (
             "/api/v1/search",
             "/api/v1/previews",
+            "/api/v1/session",
         ):
             assert rule in ("editor", "admin"), (method, path)
     assert required_role("get", "/metrics") == "admin"
+    for method, path in REQUIRED_ROLE:
+        if path.startswith(("/api/v1/tokens", "/api/v1/audit")):
+            assert REQUIRED_ROLE[(method, path)] == "admin", (method, path)
 
 
 @pytest.mark.parametrize(

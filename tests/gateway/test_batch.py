@@ -36,18 +36,23 @@ def send_batch(stack: Stack, images: list[bytes], metadata: Any) -> requests.Res
         data={}
         if metadata is None
         else {"metadata": metadata if isinstance(metadata, str) else json.dumps(metadata)},
+        headers=stack.auth,
         timeout=HTTP_TIMEOUT_S,
     )
 
 
 def image_count(stack: Stack) -> int:
-    count: int = requests.get(f"{stack.gateway}/api/v1/stats", timeout=HTTP_TIMEOUT_S).json()["images"]
+    count: int = requests.get(
+        f"{stack.gateway}/api/v1/stats", headers=stack.auth, timeout=HTTP_TIMEOUT_S
+    ).json()["images"]
     return count
 
 
 def delete(stack: Stack, image_ids: list[int]) -> None:
     for image_id in image_ids:
-        requests.delete(f"{stack.gateway}/api/v1/images/{image_id}", timeout=HTTP_TIMEOUT_S)
+        requests.delete(
+            f"{stack.gateway}/api/v1/images/{image_id}", headers=stack.auth, timeout=HTTP_TIMEOUT_S
+        )
 
 
 def test_a_mixed_batch_indexes_the_good_images_and_says_what_is_wrong_with_each(
@@ -92,9 +97,11 @@ def test_a_mixed_batch_indexes_the_good_images_and_says_what_is_wrong_with_each(
         assert refused["index_state"] == "failed" and "pixels" in refused["detail"]
         # Only the new image and the one the model refuses were stored.
         assert image_count(stack) == before + 2
-        record = requests.get(f"{stack.gateway}/api/v1/images/{refused['image_id']}", timeout=30).json()
+        record = requests.get(
+            f"{stack.gateway}/api/v1/images/{refused['image_id']}", headers=stack.auth, timeout=30
+        ).json()
         assert record["index_state"] == "failed"
-        hits = search(stack.gateway, new, k=1).json()["results"]
+        hits = search(stack, new, k=1).json()["results"]
         assert hits[0]["image"]["id"] == first["image"]["id"] and hits[0]["score"] > 0.999
     finally:
         delete(stack, sorted(stored - {known.image_id}))
@@ -123,9 +130,11 @@ def test_a_malformed_batch_is_a_400_and_stores_nothing(
 
 def test_a_batch_with_no_image_or_not_multipart_is_a_400(stack: Stack) -> None:
     url = f"{stack.gateway}/api/v1/images/batch"
-    empty = requests.post(url, files={"other": ("x", b"x")}, data={"metadata": "[]"}, timeout=30)
+    empty = requests.post(
+        url, files={"other": ("x", b"x")}, data={"metadata": "[]"}, headers=stack.auth, timeout=30
+    )
     assert empty.status_code == 400 and "'image'" in empty.json()["detail"]
-    not_multipart = requests.post(url, json={"image": "x"}, timeout=30)
+    not_multipart = requests.post(url, json={"image": "x"}, headers=stack.auth, timeout=30)
     assert not_multipart.status_code == 400 and "multipart/form-data" in not_multipart.json()["detail"]
 
 
@@ -144,7 +153,9 @@ def test_a_batch_cut_short_stays_pending_and_sending_it_again_completes_it(
         for item in items:
             assert item["status"] == 503 and item["type"] == PROBLEM + "ingest-incomplete"
             assert item["dependency"] == "search" and item["index_state"] == "pending"
-        pending = requests.get(f"{stack.gateway}/api/v1/pending", params={"limit": 500}, timeout=30).json()
+        pending = requests.get(
+            f"{stack.gateway}/api/v1/pending", params={"limit": 500}, headers=stack.auth, timeout=30
+        ).json()
         assert {item["id"] for item in pending["items"]} >= set(image_ids)
 
         again = send_batch(stack, images, metadata).json()["items"]
@@ -152,7 +163,7 @@ def test_a_batch_cut_short_stays_pending_and_sending_it_again_completes_it(
         assert [item["image"]["id"] for item in again] == image_ids
         assert all(item["already_indexed"] is False and item["indexed"] for item in again)
         for data, image_id in zip(images, image_ids, strict=True):
-            assert search(stack.gateway, data, k=1).json()["results"][0]["image"]["id"] == image_id
+            assert search(stack, data, k=1).json()["results"][0]["image"]["id"] == image_id
     finally:
         delete(stack, [i for i in image_ids if i is not None])
 

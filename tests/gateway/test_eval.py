@@ -20,7 +20,7 @@ def nih_report(
     out = tmp_path_factory.mktemp("eval-nih")
     nih = test_data / "nih_cxr14"
     result = medsearch(
-        stack.gateway,
+        stack,
         "eval",
         str(nih / "Data_Entry_2017_v2020.csv"),
         "--images",
@@ -80,7 +80,7 @@ def test_same_patient_recall_on_a_set_with_several_images_per_patient(
     stack: Stack, indexed: list[Indexed], test_data: Path, tmp_path: Path
 ) -> None:
     result = medsearch(
-        stack.gateway,
+        stack,
         "eval",
         str(test_data / "covid_hannover" / "labels.csv"),
         "--dataset",
@@ -105,7 +105,7 @@ def test_same_patient_recall_on_a_set_with_several_images_per_patient(
     assert report["metadata"]["queries"] == 40
     # seeded: the same command samples the same queries and gives the same figures
     again = medsearch(
-        stack.gateway,
+        stack,
         *("eval", str(test_data / "covid_hannover" / "labels.csv"), "--dataset", "hannover"),
         *("--out", str(tmp_path / "again"), "--bootstrap", "0", "--near-duplicates", "0"),
         *("--queries", "40", "--seed", "7"),
@@ -131,9 +131,7 @@ def test_a_set_where_no_two_images_share_a_finding_is_refused(
         writer.writerow(["path", "dataset", "patient_id", "findings"])
         for row in rows:
             writer.writerow([str(nih / row["path"]), "nih", row["patient_id"], row["finding_labels"]])
-    result = medsearch(
-        stack.gateway, "eval", str(labels), "--out", str(tmp_path / "out"), "--near-duplicates", "0"
-    )
+    result = medsearch(stack, "eval", str(labels), "--out", str(tmp_path / "out"), "--near-duplicates", "0")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "no query has a relevant image" in result.stderr
 
@@ -141,7 +139,7 @@ def test_a_set_where_no_two_images_share_a_finding_is_refused(
 def test_a_labels_file_without_a_path_column_is_a_usage_error(stack: Stack, tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("file,findings\nx.png,Effusion\n")
-    result = medsearch(stack.gateway, "eval", str(labels), "--out", str(tmp_path / "out"))
+    result = medsearch(stack, "eval", str(labels), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "path" in result.stderr
 
@@ -151,7 +149,7 @@ def test_a_set_not_indexed_says_to_ingest_it_first(stack: Stack, tmp_path: Path)
 
     Image.new("L", (64, 64), 90).save(tmp_path / "never-added.png")
     (tmp_path / "labels.csv").write_text("path,findings\nnever-added.png,Effusion\n")
-    result = medsearch(stack.gateway, "eval", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "out"))
+    result = medsearch(stack, "eval", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "ingest" in result.stderr
 

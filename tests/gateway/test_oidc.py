@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from medsearch_gateway.oidc import (
-    Identity,
     IdentityProviderUnavailable,
     InvalidCredential,
     NoRole,
@@ -83,9 +82,11 @@ def verifier(jwks_url: str, **settings: Any) -> OidcVerifier:
 
 def test_a_token_signed_by_the_provider_gives_its_subject_and_role(provider: tuple[Provider, str]) -> None:
     idp, url = provider
-    assert verifier(url).verify(idp.token(medsearch_role="editor")) == Identity("oidc:u-123", "editor")
+    identity = verifier(url).verify(idp.token(medsearch_role="editor"))
+    assert (identity.subject, identity.role) == ("oidc:u-123", "editor")
+    assert identity.expires_at is not None and identity.expires_at > time.time()
     ec_token = idp.token(key=idp.ec, kid="ec-1", algorithm="ES256", medsearch_role="reader")
-    assert verifier(url).verify(ec_token) == Identity("oidc:u-123", "reader")
+    assert verifier(url).verify(ec_token).role == "reader"
 
 
 def test_the_role_claim_may_be_a_nested_list_and_the_strongest_role_wins(

@@ -68,14 +68,22 @@ def closed_url() -> str:
 
 
 def offline_app(**overrides: Any) -> FlaskClient:
-    """A gateway whose services are all unreachable: for answers it gives before calling any."""
-    return create_app(gateway_settings({name: closed_url() for name in SERVICES}, **overrides)).test_client()
+    """A gateway whose services are all unreachable: for answers it gives before calling any.
+    Anonymous readers are let in, since no catalog is there to verify a token."""
+    settings = gateway_settings({name: closed_url() for name in SERVICES}, anonymous_readers=True)
+    return create_app(dataclasses.replace(settings, **overrides)).test_client()
+
+
+def signed_in(client: FlaskClient, stack: Stack) -> FlaskClient:
+    """`client` sending the admin's token with every request."""
+    client.environ_base["HTTP_AUTHORIZATION"] = stack.auth["Authorization"]
+    return client
 
 
 @pytest.fixture(scope="module")
 def gateway(stack: Stack, indexed: list[Indexed]) -> FlaskClient:
     # The services' own URLs, not their proxies: outage tests elsewhere cut those.
-    return create_app(gateway_settings(stack.urls)).test_client()
+    return signed_in(create_app(gateway_settings(stack.urls)).test_client(), stack)
 
 
 @pytest.fixture
@@ -376,7 +384,9 @@ def test_unknown_path_and_wrong_method_are_the_problems_the_document_states() ->
 
 
 def test_embedder_down_gives_documented_503s_and_null_models(stack: Stack, indexed: list[Indexed]) -> None:
-    client = create_app(gateway_settings({**stack.urls, "embedder": closed_url()})).test_client()
+    client = signed_in(
+        create_app(gateway_settings({**stack.urls, "embedder": closed_url()})).test_client(), stack
+    )
     item = indexed[0]
     down = problem(
         post_upload(client, SEARCH, item.path.read_bytes()), SEARCH, "post", 503, "upstream-unavailable"
@@ -392,7 +402,9 @@ def test_embedder_down_gives_documented_503s_and_null_models(stack: Stack, index
 
 
 def test_catalog_down_gives_documented_503s(stack: Stack, indexed: list[Indexed]) -> None:
-    client = create_app(gateway_settings({**stack.urls, "catalog": closed_url()})).test_client()
+    client = signed_in(
+        create_app(gateway_settings({**stack.urls, "catalog": closed_url()})).test_client(), stack
+    )
     assert problem(client.get(STATS), STATS, "get", 503, "upstream-unavailable")["dependency"] == "catalog"
     assert problem(client.get(IMAGES), IMAGES, "get", 503, "upstream-unavailable")["dependency"] == "catalog"
     added = post_upload(client, IMAGES, fresh_png(), metadata=json.dumps({"dataset": "x"}))
@@ -401,7 +413,9 @@ def test_catalog_down_gives_documented_503s(stack: Stack, indexed: list[Indexed]
 
 def test_a_hung_embedder_gives_a_documented_504(hung_url: str) -> None:
     settings = gateway_settings({"embedder": hung_url, "search": closed_url(), "catalog": closed_url()})
-    quick = dataclasses.replace(settings, embedder=Upstream("embedder", hung_url, 0.5), attempts=1)
+    quick = dataclasses.replace(
+        settings, embedder=Upstream("embedder", hung_url, 0.5), attempts=1, anonymous_readers=True
+    )
     client = create_app(quick).test_client()
     hung = problem(post_upload(client, SEARCH, fresh_png()), SEARCH, "post", 504, "upstream-timeout")
     assert hung["dependency"] == "embedder"

@@ -112,10 +112,12 @@ class ServiceClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         read_timeout_s: float | None = None,
+        stream: bool = False,
     ) -> requests.Response:
         """Send the request; a 2xx/3xx response is returned, anything else raises.
 
-        `idempotent` overrides the method's default (e.g. a POST that only reads).
+        `idempotent` overrides the method's default (e.g. a POST that only reads). With
+        `stream` the body is read as the caller iterates it (and must be, or the response closed).
         Retried calls must pass `files` as bytes, not streams, so they can be sent again.
         """
         method = method.upper()
@@ -142,6 +144,7 @@ class ServiceClient:
                     files=files,
                     headers=send_headers,
                     timeout=timeout,
+                    stream=stream,
                 )
             except requests.ConnectTimeout:
                 error = UpstreamUnavailable(

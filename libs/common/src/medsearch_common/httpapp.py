@@ -47,8 +47,13 @@ def create_service_app(
     readiness: ReadinessCheck,
     error_statuses: Mapping[type[Exception], int] | None = None,
     max_content_length: int | None = None,
+    readiness_details: Callable[[], bool] | None = None,
 ) -> Flask:
-    """A Flask app with MedSearch's common behaviour; the service adds its blueprint."""
+    """A Flask app with MedSearch's common behaviour; the service adds its blueprint.
+
+    `readiness_details` says whether this request may see which dependency is failing; when
+    it says no, `/readyz` answers only ready or not (the public face of a service).
+    """
     app = Flask(f"medsearch_{service}", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_content_length
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -133,7 +138,12 @@ def create_service_app(
     @app.get("/readyz")
     def readyz() -> Response:
         checks = dict(readiness())
-        if all(reason is None for reason in checks.values()):
+        ready = all(reason is None for reason in checks.values())
+        if readiness_details is not None and not readiness_details():
+            if ready:
+                return jsonify(status="ready", service=service)
+            return problem_response(503, f"{service} is not ready", slug="not-ready")
+        if ready:
             return jsonify(status="ready", service=service, checks=dict.fromkeys(checks, "ok"))
         # Any reason, even an empty one, means the check failed.
         reasons = {name: "ok" if reason is None else reason or "failed" for name, reason in checks.items()}

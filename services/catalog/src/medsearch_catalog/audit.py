@@ -19,7 +19,7 @@ from medsearch_catalog.identity import CONTROL_CHARACTERS, ROLES
 from medsearch_catalog.repository import ImageRepository
 
 ACTIONS = (
-    "search", "similar", "view_image", "add_image", "delete_image", "reindex",
+    "search", "similar", "view_image", "browse", "add_image", "delete_image", "reindex",
     "sign_in", "sign_out", "token_create", "token_revoke", "refused", "audit_read",
 )  # fmt: skip
 OUTCOMES = ("ok", "refused", "failed")

@@ -39,6 +39,15 @@ REQUIRED_ROLE: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/images/{image_id}"): "editor",
     ("POST", "/api/v1/images/{image_id}/index"): "editor",
     ("GET", "/api/v1/pending"): "editor",
+    # Signing in is how an identity is made; signing out checks the session's CSRF token itself.
+    ("POST", "/api/v1/session"): PUBLIC,
+    ("DELETE", "/api/v1/session"): PUBLIC,
+    ("GET", "/api/v1/session"): "reader",
+    ("POST", "/api/v1/tokens"): "admin",
+    ("GET", "/api/v1/tokens"): "admin",
+    ("DELETE", "/api/v1/tokens/{token_id}"): "admin",
+    ("GET", "/api/v1/audit"): "admin",
+    ("GET", "/api/v1/audit.csv"): "admin",
 }
 
 # Longer than any token, session or JWT this system issues or accepts (8 KiB): refused unread.

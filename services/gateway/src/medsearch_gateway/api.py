@@ -13,6 +13,7 @@ from medsearch_common.httpapp import error_problem
 from medsearch_gateway.clients import ImageRecord, SearchQuery, Upload
 from medsearch_gateway.errors import ERROR_STATUSES, InvalidRequest, UnsupportedUpload, UploadTooLarge
 from medsearch_gateway.flows import Gateway, Hit, Ingested
+from medsearch_gateway.guard import note
 
 GATEWAY_EXTENSION = "medsearch_gateway"
 MAX_K = 100
@@ -49,17 +50,19 @@ def search() -> Response:
         request.form.get("k"), request.form.get("filter"), request.form.get("one_per_patient")
     )
     model, hits = _gateway().search(upload, query)
+    note().result_ids = [hit.image.id for hit in hits]
     return jsonify(model=model.description, results=_hits_json(hits, model.model_id))
 
 
 @blueprint.get("/images/<image_id>/similar")
 def similar(image_id: str) -> Response:
-    _refuse_unknown_params({"k", "filter", "one_per_patient"})
+    refuse_unknown_params({"k", "filter", "one_per_patient"})
     query = parse_query(
         request.args.get("k"), request.args.get("filter"), request.args.get("one_per_patient")
     )
     parsed_id = parse_image_id(image_id)
     model, hits = _gateway().similar(parsed_id, query)
+    note().result_ids = [hit.image.id for hit in hits]
     return jsonify(
         model=model.description, query={"image_id": parsed_id}, results=_hits_json(hits, model.model_id)
     )
@@ -67,8 +70,9 @@ def similar(image_id: str) -> Response:
 
 @blueprint.get("/images")
 def list_images() -> Response:
-    _refuse_unknown_params(_BROWSE_PARAMS)
+    refuse_unknown_params(_BROWSE_PARAMS)
     model_id, page = _gateway().browse(list(request.args.items(multi=True)))
+    note().result_ids = [item.id for item in page.items]
     return jsonify(items=[image_json(item, model_id) for item in page.items], next_cursor=page.next_cursor)
 
 
@@ -79,6 +83,7 @@ def add_image() -> tuple[Response, int]:
     if metadata is None:
         raise InvalidRequest("the form field 'metadata' (a JSON object with at least 'dataset') is required")
     ingested = _gateway().ingest(upload, metadata)
+    note().image_id = ingested.image.id
     response = jsonify(_ingested_json(ingested))
     if ingested.created:
         response.headers["Location"] = url_for(".get_image", image_id=ingested.image.id)
@@ -98,6 +103,7 @@ def add_images() -> Response:
         except (InvalidRequest, UploadTooLarge, UnsupportedUpload) as exc:
             uploads.append(exc)
     outcomes = _gateway().ingest_many(uploads, metadata)
+    note().result_ids = [outcome.image.id for outcome in outcomes if isinstance(outcome, Ingested)]
     items = []
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, Ingested):
@@ -112,15 +118,16 @@ def add_images() -> Response:
 @blueprint.post("/images/<image_id>/index")
 def index_image(image_id: str) -> Response:
     """(Re)index a stored image for the active model: what `medsearch reindex` calls."""
-    _refuse_unknown_params({"force"})
+    refuse_unknown_params({"force"})
     force = parse_flag("force", request.args.get("force"))
     return jsonify(_ingested_json(_gateway().index(parse_image_id(image_id), force=force)))
 
 
 @blueprint.get("/pending")
 def list_pending() -> Response:
-    _refuse_unknown_params({"include_failed", "limit", "cursor"})
+    refuse_unknown_params({"include_failed", "limit", "cursor"})
     model_id, page = _gateway().pending(list(request.args.items(multi=True)))
+    note().result_ids = [item.id for item in page.items]
     items = [image_json(item, model_id) for item in page.items]
     return jsonify(model_id=model_id, items=items, next_cursor=page.next_cursor)
 
@@ -225,8 +232,14 @@ def parse_flag(name: str, raw: str | None) -> bool:
 
 
 def parse_image_id(raw: str) -> int:
+    image_id = parse_id(raw, "an image ID")
+    note().image_id = image_id
+    return image_id
+
+
+def parse_id(raw: str, what: str) -> int:
     if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= _MAX_BIGINT:
-        raise InvalidRequest(f"an image ID is a positive integer, got {raw[:40]!r}")
+        raise InvalidRequest(f"{what} is a positive integer, got {raw[:40]!r}")
     return int(raw)
 
 
@@ -269,7 +282,7 @@ def _metadata_list(count: int) -> list[Any]:
     return metadata
 
 
-def _refuse_unknown_params(known: set[str]) -> None:
+def refuse_unknown_params(known: set[str]) -> None:
     unknown = sorted(set(request.args) - known)
     if unknown:
         raise InvalidRequest(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")

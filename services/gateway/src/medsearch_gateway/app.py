@@ -7,11 +7,17 @@ from importlib import resources
 
 from flask import Blueprint, Flask, Response
 
-from medsearch_common.httpapp import create_service_app
+from medsearch_common.httpapp import create_service_app, metrics_registry
+from medsearch_gateway import account_api
+from medsearch_gateway.accounts import AccountsClient
 from medsearch_gateway.api import GATEWAY_EXTENSION, blueprint
+from medsearch_gateway.auditing import AuditRecorder
 from medsearch_gateway.clients import Services
 from medsearch_gateway.errors import ERROR_STATUSES
 from medsearch_gateway.flows import Gateway
+from medsearch_gateway.guard import GUARD_EXTENSION, Guard
+from medsearch_gateway.identity import Authenticator
+from medsearch_gateway.oidc import OidcVerifier
 from medsearch_gateway.settings import GatewaySettings
 
 # No inline script or style anywhere: metadata that slipped into the page as markup
@@ -28,7 +34,16 @@ ui = Blueprint("ui", __name__, static_folder="static", static_url_path="/static"
 
 @ui.get("/")
 def index() -> Response:
-    page = (resources.files("medsearch_gateway") / "static" / "index.html").read_bytes()
+    return _page("index.html")
+
+
+@ui.get("/signin")
+def signin() -> Response:
+    return _page("signin.html")
+
+
+def _page(name: str) -> Response:
+    page = (resources.files("medsearch_gateway") / "static" / name).read_bytes()
     response = Response(page, mimetype="text/html")
     response.headers["Cache-Control"] = "no-cache"
     return response
@@ -36,17 +51,35 @@ def index() -> Response:
 
 def create_app(settings: GatewaySettings, services: Services | None = None) -> Flask:
     """The app over `services` (by default, clients of the services the settings name)."""
-    gateway = Gateway(services or Services.from_settings(settings))
+    services = services or Services.from_settings(settings)
+    gateway = Gateway(services)
+    # Which dependency is failing is for admins: the public /readyz says only ready or not.
     app = create_service_app(
         "gateway",
         readiness=gateway.readiness,
         error_statuses=ERROR_STATUSES,
         max_content_length=settings.max_upload_bytes + _FORM_OVERHEAD_BYTES,
+        readiness_details=lambda: _guard(app).caller_or_anonymous().role == "admin",
     )
     app.config["MAX_FORM_MEMORY_SIZE"] = _FORM_OVERHEAD_BYTES
     app.config["MEDSEARCH_MAX_UPLOAD_BYTES"] = settings.max_upload_bytes
     app.extensions[GATEWAY_EXTENSION] = gateway
+    accounts = AccountsClient(services.catalog.client)
+    Guard(
+        Authenticator(
+            accounts,
+            OidcVerifier(settings.oidc) if settings.oidc else None,
+            anonymous_readers=settings.anonymous_readers,
+            cache_s=settings.credential_cache_s,
+        ),
+        AuditRecorder(accounts, metrics_registry(app)),
+        anonymous_readers=settings.anonymous_readers,
+    ).install(app)
+    app.extensions[account_api.ACCOUNT_EXTENSION] = account_api.AccountSettings(
+        accounts, session_ttl_s=settings.session_ttl_s, secure_cookies=settings.secure_cookies
+    )
     app.register_blueprint(blueprint)
+    app.register_blueprint(account_api.blueprint)
     app.register_blueprint(ui)
 
     @app.after_request
@@ -58,3 +91,8 @@ def create_app(settings: GatewaySettings, services: Services | None = None) -> F
 
     atexit.register(gateway.close)
     return app
+
+
+def _guard(app: Flask) -> Guard:
+    guard: Guard = app.extensions[GUARD_EXTENSION]
+    return guard

@@ -6,7 +6,7 @@ to 503/504/502 there, naming the dependency.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class InvalidRequest(Exception):
@@ -56,6 +56,28 @@ class IngestIncomplete(Exception):
         }
 
 
+class NotSignedIn(Exception):
+    """No identity, or one that does not verify (401). The detail never says which part of a
+    secret was wrong; the header tells API clients how to sign in."""
+
+    problem_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="medsearch"'}
+
+
+class NotAllowed(Exception):
+    """An identity whose role may not do this, or a cross-site write (403)."""
+
+
+class TokenNotFound(Exception):
+    """No API token has that ID (404)."""
+
+
+class IdentityProviderDown(Exception):
+    """The identity provider's keys cannot be fetched, so no OIDC token can be checked (503)."""
+
+    problem_extensions: ClassVar[dict[str, str]] = {"dependency": "identity provider"}
+    problem_headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
+
+
 ERROR_STATUSES: dict[type[Exception], int] = {
     InvalidRequest: 400,
     UploadTooLarge: 413,
@@ -64,4 +86,8 @@ ERROR_STATUSES: dict[type[Exception], int] = {
     ImageNotFound: 404,
     NotIndexed: 409,
     IngestIncomplete: 503,
+    NotSignedIn: 401,
+    NotAllowed: 403,
+    TokenNotFound: 404,
+    IdentityProviderDown: 503,
 }

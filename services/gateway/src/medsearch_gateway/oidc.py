@@ -68,6 +68,7 @@ class OidcSettings:
 class Identity:
     subject: str  # "oidc:<sub>"
     role: str
+    expires_at: float | None = None  # the token's `exp`: a session made from it ends then
 
 
 class OidcVerifier:
@@ -110,7 +111,9 @@ class OidcVerifier:
         if not isinstance(subject, str) or not subject or len(subject) > 200 or not subject.isprintable():
             raise InvalidCredential("the subject claim is not a usable name")
         return Identity(
-            subject=f"oidc:{subject}", role=strongest_role(claim_at(claims, self.settings.role_claim))
+            subject=f"oidc:{subject}",
+            role=strongest_role(claim_at(claims, self.settings.role_claim)),
+            expires_at=float(claims["exp"]),
         )
 
 
