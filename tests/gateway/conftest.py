@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from tests.conftest import fresh_database
+from tests.support.oidc import provider  # noqa: F401 - a fixture, for this folder's tests
 from tests.support.processes import service_process, wait_ready
 from tests.support.proxy import CuttableProxy
 

@@ -46,6 +46,9 @@ def serve(
             "timeout": timeout_s,
             "graceful_timeout": 10,
             "accesslog": None,  # the app logs each request itself, as JSON
+            # Twice gunicorn's default: a header up to 16 KiB reaches the app, which answers an
+            # over-long credential with its own problem, not gunicorn's bare 400.
+            "limit_request_field_size": 16384,
             "proc_name": f"medsearch-{service}",
             "logconfig_dict": _json_logging(service),
         },

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from medsearch_common.client import ServiceClient, UpstreamRejected
-from medsearch_gateway.clients import user_error
 from medsearch_gateway.errors import InvalidRequest, TokenNotFound
 
 # Verification is on the path of every request: a slow catalog must not hold it long.
@@ -93,7 +92,7 @@ class AccountsClient:
         try:
             body: dict[str, Any] = self.client.request("POST", "/v1/tokens", json=request_body).json()
         except UpstreamRejected as exc:
-            raise user_error(exc) from None
+            raise InvalidRequest(_detail(exc, "the token request was refused")) from None
         return body
 
     def list_tokens(self) -> list[dict[str, Any]]:
@@ -106,7 +105,7 @@ class AccountsClient:
         except UpstreamRejected as exc:
             if exc.status == 404:
                 raise TokenNotFound(f"no API token has ID {token_id}") from None
-            raise user_error(exc) from None
+            raise InvalidRequest(_detail(exc, "the revocation was refused")) from None
 
     # -- the audit trail ---------------------------------------------------------------
 
@@ -119,7 +118,7 @@ class AccountsClient:
         try:
             body: dict[str, Any] = self.client.get_json("/v1/audit", params=params)
         except UpstreamRejected as exc:
-            raise InvalidRequest(str(exc.problem.get("detail") or "the audit query was refused")) from None
+            raise InvalidRequest(_detail(exc, "the audit query was refused")) from None
         return body
 
     def audit_csv(self, params: Sequence[tuple[str, str]]) -> Iterator[bytes]:
@@ -127,10 +126,15 @@ class AccountsClient:
         try:
             response = self.client.request("GET", "/v1/audit.csv", params=params, stream=True)
         except UpstreamRejected as exc:
-            raise InvalidRequest(str(exc.problem.get("detail") or "the audit query was refused")) from None
+            raise InvalidRequest(_detail(exc, "the audit query was refused")) from None
 
         def chunks() -> Iterator[bytes]:
             with response:
                 yield from response.iter_content(chunk_size=64 * 1024)
 
         return chunks()
+
+
+def _detail(exc: UpstreamRejected, fallback: str) -> str:
+    """The catalog's explanation of a refused request: the caller's own input was wrong (400)."""
+    return str(exc.problem.get("detail") or fallback)

@@ -71,13 +71,6 @@ class TokenNotFound(Exception):
     """No API token has that ID (404)."""
 
 
-class IdentityProviderDown(Exception):
-    """The identity provider's keys cannot be fetched, so no OIDC token can be checked (503)."""
-
-    problem_extensions: ClassVar[dict[str, str]] = {"dependency": "identity provider"}
-    problem_headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
-
-
 ERROR_STATUSES: dict[type[Exception], int] = {
     InvalidRequest: 400,
     UploadTooLarge: 413,
@@ -89,5 +82,4 @@ ERROR_STATUSES: dict[type[Exception], int] = {
     NotSignedIn: 401,
     NotAllowed: 403,
     TokenNotFound: 404,
-    IdentityProviderDown: 503,
 }

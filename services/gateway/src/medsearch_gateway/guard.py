@@ -19,7 +19,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from medsearch_common.client import UpstreamError
 from medsearch_gateway.access import PUBLIC, Rule, allows, required_role
 from medsearch_gateway.auditing import AUDITED, AuditRecorder, Note
-from medsearch_gateway.errors import IdentityProviderDown, NotAllowed, NotSignedIn
+from medsearch_gateway.errors import NotAllowed, NotSignedIn
 from medsearch_gateway.identity import Authenticator, Caller, anonymous
 
 GUARD_EXTENSION = "medsearch_guard"
@@ -52,7 +52,7 @@ class Guard:
             return caller
         try:
             return self._caller(unsafe=False, fresh=False)
-        except (NotSignedIn, NotAllowed, IdentityProviderDown, UpstreamError):
+        except (NotSignedIn, NotAllowed, UpstreamError):
             return anonymous(self.anonymous_readers)
 
     # -- the hooks -------------------------------------------------------------------------
@@ -85,7 +85,7 @@ class Guard:
             self._refuse_cross_site(needed)
         if allows(caller.role, rule):
             return None
-        if caller.role is None:
+        if caller.via == "anonymous":  # anonymous readers too: signing in is the way further
             if request.endpoint in UI_RULES:
                 return redirect(SIGN_IN_PATH)
             g.audit_note.detail = f"{needed}: no credential"

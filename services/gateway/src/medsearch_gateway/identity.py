@@ -21,14 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from medsearch_common.client import UpstreamUnavailable
 from medsearch_gateway.access import ROLES, Credential, MalformedCredential, Role, bearer_credential
 from medsearch_gateway.accounts import AccountsClient, VerifiedIdentity
-from medsearch_gateway.errors import IdentityProviderDown, NotAllowed, NotSignedIn
+from medsearch_gateway.errors import NotAllowed, NotSignedIn
 from medsearch_gateway.oidc import IdentityProviderUnavailable, InvalidCredential, NoRole, OidcVerifier
 
 TOKEN_PREFIX = "mst_"  # noqa: S105 - a prefix, not a secret
 SESSION_PREFIX = "mss_"
 _CACHE_ENTRIES = 10_000
+IDENTITY_PROVIDER = "identity provider"
 Via = Literal["token", "oidc", "session", "anonymous"]
 
 
@@ -115,7 +117,8 @@ class Authenticator:
         `fresh`: ask the catalog now, not the cache (for changes to the collection or accounts).
 
         Raises NotSignedIn (no valid identity), NotAllowed (a browser write without its CSRF
-        token, or an identity without a role), IdentityProviderDown, or the catalog's UpstreamError.
+        token, or an identity without a role), or UpstreamError (the catalog or the identity
+        provider cannot be asked).
         """
         try:
             credential = bearer_credential(authorization)
@@ -203,7 +206,10 @@ class Authenticator:
         except NoRole as exc:
             raise NotAllowed(str(exc)) from None
         except IdentityProviderUnavailable:
-            raise IdentityProviderDown("the identity provider cannot be reached to check the token") from None
+            # A 503 naming it, as for any service the gateway depends on.
+            raise UpstreamUnavailable(
+                IDENTITY_PROVIDER, "the identity provider's keys cannot be fetched to check the token"
+            ) from None
         return Caller(identity.subject, _role(identity.role), "oidc", expires_at=identity.expires_at)
 
 
