@@ -81,3 +81,34 @@ def test_bad_setting_stops_the_start_with_a_message_naming_the_variable() -> Non
     )
     assert result.returncode != 0
     assert "MEDSEARCH_CATALOG_MAX_UPLOAD_BYTES must be an integer" in result.stderr
+
+
+def test_create_token_makes_a_working_token_in_the_database(
+    catalog_process: tuple[str, Path], database_url: str
+) -> None:
+    base, _ = catalog_process
+    env = {**os.environ, "MEDSEARCH_DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "medsearch_catalog", "create-token", "--name", "ops", "--role", "admin"]
+    made = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("mst_") and "shown only this once" in made.stderr and secret not in made.stderr
+    verified = requests.post(f"{base}/v1/tokens/verify", json={"secret": secret}, timeout=10)
+    assert verified.status_code == 200 and verified.json()["identity"]["role"] == "admin"
+    wrong = subprocess.run(
+        [*command[:-1], "superuser"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert wrong.returncode == 2 and "superuser" in wrong.stderr
+    no_database = subprocess.run(
+        command,
+        env={
+            **env,
+            "MEDSEARCH_DATABASE_URL": "postgresql://127.0.0.1:1/none",
+            "MEDSEARCH_CATALOG_DB_TIMEOUT_S": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert no_database.returncode == 1 and "not usable" in no_database.stderr
