@@ -25,6 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from medsearch_gateway.settings import GatewaySettings
 from tests.conftest import REPO_ROOT
 
 BIN = Path(sys.executable).parent
@@ -221,6 +222,20 @@ def test_each_service_has_a_cluster_ip_service_on_its_port() -> None:
     config = objects("deploy/k8s/base", "ConfigMap")["medsearch-config"]["data"]
     for name in ("embedder", "search", "catalog"):
         assert config[f"MEDSEARCH_{name.upper()}_URL"] == f"http://{name}:{SERVICES[name]}"
+
+
+def test_the_gateway_is_closed_by_default_in_compose_and_kubernetes() -> None:
+    """Both files' gateway settings, as the gateway reads them: no anonymous reading, no
+    half-configured identity provider, and a Secure cookie behind Kubernetes' TLS ingress."""
+    compose_env = {
+        name: re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+        for name, value in load(COMPOSE)["services"]["gateway"]["environment"].items()
+    }
+    in_compose = GatewaySettings.from_environ(compose_env)
+    assert not in_compose.anonymous_readers and in_compose.oidc is None and not in_compose.secure_cookies
+    config = objects("deploy/k8s/base", "ConfigMap")["medsearch-config"]["data"]
+    in_kubernetes = GatewaySettings.from_environ(config)
+    assert not in_kubernetes.anonymous_readers and in_kubernetes.secure_cookies
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
