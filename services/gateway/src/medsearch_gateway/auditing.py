@@ -2,8 +2,9 @@
 
 Audited: searches and more-like-this (with the result IDs), image reads (record and full
 file), browsing, adds, deletes, reindexes, sign-in and sign-out, token changes, reads of the
-trail itself, and every refusal (401/403). Not audited: thumbnails (the search or browse that
-listed them is), stats, previews of the caller's own upload, health and readiness.
+trail itself, and every refusal (401/403) but a signed-out page asking who it is. Not
+audited: thumbnails (the search or browse that listed them is), stats, previews of the
+caller's own upload, health and readiness.
 
 An event holds the caller's subject (`token:<id>`, `oidc:<sub>`, `anonymous`), the catalog's
 image IDs, the request ID and a short detail written here: never uploaded bytes, metadata,

@@ -30,6 +30,7 @@ SIGN_IN_PATH = "/signin"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 # The UI is not in the OpenAPI document: its rules by Flask endpoint name.
 UI_RULES: dict[str, Rule] = {"ui.index": "reader", "ui.signin": PUBLIC, "ui.static": PUBLIC}
+WHO_AM_I = ("GET", "/api/v1/session")
 _PARAMETER = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
 
 
@@ -98,6 +99,8 @@ class Guard:
         if endpoint is None:
             return response
         refused = response.status_code in (401, 403)
+        if refused and endpoint == WHO_AM_I:
+            return response  # a page asking whether it is signed in: no event, every visit
         action = AUDITED.get(endpoint) or ("refused" if refused else None)
         if action is not None:
             self.recorder.record(

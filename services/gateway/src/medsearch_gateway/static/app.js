@@ -1,24 +1,48 @@
-// MedSearch browser UI: search by example image, browse an image, add images (no framework).
+// MedSearch browser UI: search by example image, browse an image, add and delete images, read
+// the audit trail (no framework).
 //
 // Security: every string from the API or from a file name is untrusted. The DOM is built with
 // createElement, textContent and append() (which turns strings into text nodes), never with
 // innerHTML or its relatives, so metadata such as `<img src=x onerror=...>` shows as text.
+// The session lives in an HttpOnly cookie; every change sends the CSRF token of the readable
+// `medsearch_csrf` cookie (apiFetch), which a page of another site cannot read.
 "use strict";
 
 const API = "/api/v1";
+const SIGN_IN_PAGE = "/signin";
+const CSRF_COOKIE = "medsearch_csrf";
+const CSRF_HEADER = "X-CSRF-Token";
+const SAFE_METHODS = ["GET", "HEAD", "OPTIONS"];
 const DEFAULT_K = 10;
+const AUDIT_EVENTS = 100;
 const INDEX_STATES = ["indexed", "pending", "failed"];
+const AUDIT_OUTCOMES = ["ok", "refused", "failed"];
 const SEX_NAMES = { M: "male", F: "female", O: "other" };
+const ROLES = ["reader", "editor", "admin"]; // weakest first, as the gateway orders them
+// Views that need more than reading; the gateway refuses their requests anyway.
+const VIEW_ROLES = { add: "editor", audit: "admin" };
+const VIEW_NAMES = { add: "Adding images", audit: "The audit trail" };
 
 const ui = {
+  account: byId("account"),
+  identity: byId("identity"),
+  signOut: byId("sign-out"),
+  signIn: byId("sign-in"),
+  roleGated: document.querySelectorAll("[data-role]"),
+  notice: byId("notice"),
   stats: byId("stats"),
   modelWarning: byId("model-warning"),
   modelWarningText: byId("model-warning-text"),
   error: byId("error"),
   status: byId("status"),
   navLinks: document.querySelectorAll(".site-nav a[data-view]"),
-  views: { search: byId("view-search"), image: byId("view-image"), add: byId("view-add") },
-  viewTitles: { search: byId("search-title"), image: byId("image-title"), add: byId("add-title") },
+  views: { search: byId("view-search"), image: byId("view-image"), add: byId("view-add"), audit: byId("view-audit") },
+  viewTitles: {
+    search: byId("search-title"),
+    image: byId("image-title"),
+    add: byId("add-title"),
+    audit: byId("audit-title"),
+  },
   searchForm: byId("search-form"),
   queryFile: byId("query-file"),
   dropZone: byId("drop-zone"),
@@ -41,6 +65,12 @@ const ui = {
   metadata: byId("metadata"),
   moreLikeThis: byId("more-like-this"),
   indexHint: byId("index-hint"),
+  reindexImage: byId("reindex-image"),
+  deleteImage: byId("delete-image"),
+  deleteConfirm: byId("delete-confirm"),
+  deleteQuestion: byId("delete-question"),
+  deleteConfirmButton: byId("delete-confirm-button"),
+  deleteCancel: byId("delete-cancel"),
   addForm: byId("add-form"),
   addFile: byId("add-file"),
   addDataset: byId("add-dataset"),
@@ -53,6 +83,9 @@ const ui = {
   addFindings: byId("add-findings"),
   addButton: byId("add-button"),
   addResult: byId("add-result"),
+  auditRefresh: byId("audit-refresh"),
+  auditRows: byId("audit-rows"),
+  auditSummary: byId("audit-summary"),
   resultsSection: byId("results-section"),
   resultsTitle: byId("results-title"),
   resultsSummary: byId("results-summary"),
@@ -60,6 +93,8 @@ const ui = {
 };
 
 const state = {
+  caller: null, // GET /session: {subject, role, via, token_id}; decides which controls show
+  notice: null, // a message for the next view (e.g. after a delete), shown once
   stats: null, // last GET /stats answer; decides the empty-results message
   queryFile: null, // the chosen query image (picker or drop)
   previewUrl: null, // blob URL of the query preview, revoked when replaced
@@ -92,16 +127,36 @@ function el(tag, props = {}, ...children) {
 
 // ---- talking to the gateway ----
 
-/** fetch() that turns network failures and error statuses into readable UserErrors. */
+/** fetch() for every call of this page: sends the CSRF token with each change, goes to the
+ * sign-in page when the session has ended (401), and turns network failures and error statuses
+ * into readable UserErrors (a 403 says what the role may not do). */
 async function apiFetch(path, init = {}) {
+  const method = (init.method || "GET").toUpperCase();
+  const headers = new Headers(init.headers);
+  if (!SAFE_METHODS.includes(method)) {
+    const csrfToken = readCookie(CSRF_COOKIE);
+    if (csrfToken) headers.set(CSRF_HEADER, csrfToken);
+  }
   let response;
   try {
-    response = await fetch(API + path, init);
+    response = await fetch(API + path, { ...init, headers, credentials: "same-origin" });
   } catch {
     throw new UserError("The gateway cannot be reached. Check your connection and that MedSearch is running.");
   }
+  if (response.status === 401) {
+    location.assign(SIGN_IN_PAGE);
+    throw new UserError("You are signed out. Opening the sign-in page…", 401);
+  }
   if (!response.ok) throw await errorFrom(response);
   return response;
+}
+
+function readCookie(name) {
+  for (const pair of document.cookie.split(";")) {
+    const at = pair.indexOf("=");
+    if (at > 0 && pair.slice(0, at).trim() === name) return pair.slice(at + 1).trim();
+  }
+  return null;
 }
 
 async function fetchJson(path, init = {}) {
@@ -157,6 +212,46 @@ async function runRequest(button, message, request, onError = showError) {
     finish();
     if (button) button.disabled = false;
   }
+}
+
+// ---- who is signed in ----
+
+/** Asks who this browser is signed in as: null when known, else the UserError that says why
+ * not (the page then offers only reading; a 401 has already sent the browser to sign in). */
+async function loadSession() {
+  let failure = null;
+  try {
+    state.caller = await fetchJson("/session", { cache: "no-store" });
+  } catch (error) {
+    state.caller = null;
+    failure = error;
+  }
+  renderAccount();
+  return failure;
+}
+
+/** Whether the signed-in identity has `role` or a stronger one. */
+function may(role) {
+  const have = state.caller ? ROLES.indexOf(state.caller.role) : -1;
+  return have >= 0 && have >= ROLES.indexOf(role);
+}
+
+function renderAccount() {
+  const caller = state.caller;
+  ui.account.hidden = !caller;
+  if (caller) {
+    ui.identity.textContent = `${text(caller.subject)} · ${text(caller.role)}`;
+    const anonymous = caller.via === "anonymous";
+    ui.signOut.hidden = anonymous;
+    ui.signIn.hidden = !anonymous;
+  }
+  // Controls the role may not use are not shown; the gateway would refuse them anyway.
+  for (const node of ui.roleGated) node.hidden = !may(node.dataset.role);
+}
+
+async function signOut() {
+  const done = await runRequest(ui.signOut, "Signing out…", () => apiFetch("/session", { method: "DELETE" }));
+  if (done) location.replace(SIGN_IN_PAGE);
 }
 
 // ---- status, errors, stats and the model banner ----
@@ -225,12 +320,13 @@ function plural(count, word) {
   return `${count ?? 0} ${word}${count === 1 ? "" : "s"}`;
 }
 
-// ---- routing: #/ search, #/image/<id>, #/add ----
+// ---- routing: #/ search, #/image/<id>, #/add, #/audit ----
 
 function parseHash(hash) {
   const image = /^#\/image\/(\d+)$/.exec(hash);
   if (image) return { view: "image", id: Number(image[1]) };
   if (hash === "#/add") return { view: "add" };
+  if (hash === "#/audit") return { view: "audit" };
   return { view: "search" };
 }
 
@@ -240,8 +336,16 @@ function isCurrent(view, id) {
 }
 
 function route() {
-  const target = parseHash(location.hash);
+  let target = parseHash(location.hash);
   clearError();
+  ui.notice.textContent = state.notice || "";
+  state.notice = null;
+  const needed = VIEW_ROLES[target.view];
+  if (needed && !may(needed)) {
+    const who = state.caller ? `this identity's role is ${state.caller.role}` : "who you are is unknown";
+    showError(new UserError(`${VIEW_NAMES[target.view]} needs the ${needed} role; ${who}.`));
+    target = { view: "search" };
+  }
   for (const [name, section] of Object.entries(ui.views)) section.hidden = name !== target.view;
   for (const link of ui.navLinks) {
     if (link.dataset.view === target.view) link.setAttribute("aria-current", "page");
@@ -253,6 +357,9 @@ function route() {
 
   if (target.view === "image") {
     openImage(target.id);
+  } else if (target.view === "audit") {
+    ui.resultsSection.hidden = true;
+    loadAudit();
   } else if (target.view === "search" && state.search) {
     renderResults(state.search);
   } else {
@@ -505,6 +612,7 @@ function formatScore(score) {
 async function openImage(id) {
   ui.imageTitle.textContent = `Image ${id}`;
   ui.imageDetail.hidden = true;
+  closeDeleteConfirm(false);
   ui.fullImage.removeAttribute("src");
   if (state.similar && state.similar.imageId === id) renderResults(state.similar);
   else ui.resultsSection.hidden = true;
@@ -522,6 +630,7 @@ function renderImage(image) {
   const indexed = image.index_state === "indexed";
   ui.indexHint.hidden = indexed;
   ui.indexHint.textContent = indexed ? "" : "This image is not indexed for the active model yet; \"More like this\" needs it indexed.";
+  ui.reindexImage.hidden = indexed;
   ui.imageDetail.hidden = false;
 }
 
@@ -597,6 +706,83 @@ async function findSimilar() {
     renderResults(state.similar);
     ui.resultsTitle.focus();
   }
+}
+
+/** Indexes the open image for the active model (editor): what `medsearch reindex` does. */
+async function reindexImage() {
+  const here = parseHash(location.hash);
+  if (here.view !== "image") return;
+  const payload = await runRequest(ui.reindexImage, `Indexing image ${here.id}…`, () =>
+    fetchJson(`/images/${here.id}/index`, { method: "POST" }),
+  );
+  if (payload && isCurrent("image", here.id)) openImage(here.id);
+}
+
+// Deleting asks once more in the page itself (no confirm() dialog: it blocks and cannot be styled).
+function openDeleteConfirm() {
+  const here = parseHash(location.hash);
+  if (here.view !== "image") return;
+  ui.deleteQuestion.textContent = `Delete image ${here.id} from the catalog and the search index? This cannot be undone.`;
+  ui.deleteConfirm.hidden = false;
+  ui.deleteImage.setAttribute("aria-expanded", "true");
+  ui.deleteCancel.focus();
+}
+
+function closeDeleteConfirm(refocus = true) {
+  ui.deleteConfirm.hidden = true;
+  ui.deleteImage.setAttribute("aria-expanded", "false");
+  if (refocus) ui.deleteImage.focus();
+}
+
+async function deleteImage() {
+  const here = parseHash(location.hash);
+  if (here.view !== "image") return;
+  const id = here.id;
+  const done = await runRequest(ui.deleteConfirmButton, `Deleting image ${id}…`, () =>
+    apiFetch(`/images/${id}`, { method: "DELETE" }),
+  );
+  if (!done) return;
+  // Results shown earlier must not offer the deleted image any more.
+  for (const kept of [state.search, state.similar]) {
+    if (kept) kept.results = kept.results.filter((result) => result.image.id !== id);
+  }
+  if (state.similar && state.similar.imageId === id) state.similar = null;
+  state.notice = `Deleted image ${id}.`;
+  loadStats();
+  if (isCurrent("image", id)) location.hash = "#/";
+}
+
+// ---- audit view (admin) ----
+
+async function loadAudit() {
+  const params = new URLSearchParams({ limit: String(AUDIT_EVENTS) });
+  const page = await runRequest(ui.auditRefresh, "Loading the audit trail…", () =>
+    fetchJson(`/audit?${params}`, { cache: "no-store" }),
+  );
+  if (!page || !isCurrent("audit")) return;
+  const events = Array.isArray(page.items) ? page.items : [];
+  ui.auditRows.replaceChildren(...events.map(auditRow));
+  ui.auditSummary.textContent = events.length
+    ? `The latest ${plural(events.length, "event")}` + (page.next_cursor ? "; the CSV has them all." : ".")
+    : "No events recorded yet.";
+}
+
+function auditRow(event) {
+  const outcome = AUDIT_OUTCOMES.includes(event.outcome) ? event.outcome : "unknown";
+  const results = Array.isArray(event.result_ids) ? String(event.result_ids.length) : "—";
+  const cells = [
+    formatDate(event.at),
+    text(event.actor),
+    text(event.role),
+    text(event.action),
+    el("span", { className: `state state-${outcome}` }, text(event.outcome)),
+    text(event.image_id),
+    results,
+    text(event.detail),
+  ];
+  const row = el("tr", {}, ...cells.map((cell) => el("td", {}, cell)));
+  row.dataset.action = text(event.action);
+  return row;
 }
 
 // ---- add view ----
@@ -676,7 +862,8 @@ function showOutcome(kind, message = "", imageId = null) {
 
 // ---- start ----
 
-function start() {
+async function start() {
+  ui.signOut.addEventListener("click", signOut);
   ui.searchForm.addEventListener("submit", submitSearch);
   ui.queryFile.addEventListener("change", () => {
     const file = ui.queryFile.files[0];
@@ -684,9 +871,22 @@ function start() {
   });
   wireDropZone();
   ui.moreLikeThis.addEventListener("click", findSimilar);
+  ui.reindexImage.addEventListener("click", reindexImage);
+  ui.deleteImage.addEventListener("click", openDeleteConfirm);
+  ui.deleteCancel.addEventListener("click", () => closeDeleteConfirm());
+  ui.deleteConfirmButton.addEventListener("click", deleteImage);
+  ui.auditRefresh.addEventListener("click", loadAudit);
   ui.addForm.addEventListener("submit", submitAdd);
+  // A page kept by the back/forward cache may outlive its session: ask again.
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) loadSession();
+  });
+  // Which views and controls show depends on the role: know it before the first route.
+  const failure = await loadSession();
+  if (failure && failure.status === 401) return;
   window.addEventListener("hashchange", route);
   route();
+  if (failure) showError(failure);
   loadStats();
 }
 
