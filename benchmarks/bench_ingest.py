@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import cpu_by_process, free_port, machine, shared_data, start_stack, wait_ready
+from machine import admin_token, cpu_by_process, free_port, machine, shared_data, start_stack, wait_ready
 from numpy.typing import NDArray
 
 from medsearch_client.cli import DEFAULT_BATCH_SIZE, DEFAULT_INGEST_CONCURRENCY
@@ -141,7 +141,11 @@ def ingest_run(nih: Path, count: int, batch_size: int, concurrency: int) -> dict
         stack = start_stack(Path(folder), ports)
         try:
             wait_ready(f"{gateway}/readyz", stack, "bench-ingest: the stack", log=Path(folder) / "run.log")
-            model = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["model"]
+            token = admin_token(ports, "bench-ingest")
+            stats = requests.get(
+                f"{gateway}/api/v1/stats", headers={"Authorization": f"Bearer {token}"}, timeout=10
+            )
+            model = stats.json()["model"]
             cpu_before, children_before = cpu_by_process(), resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             result = subprocess.run(
@@ -161,6 +165,7 @@ def ingest_run(nih: Path, count: int, batch_size: int, concurrency: int) -> dict
                 capture_output=True,
                 text=True,
                 check=False,
+                env={**os.environ, "MEDSEARCH_TOKEN": token},
             )
             seconds = time.perf_counter() - started
             cpu_after, children_after = cpu_by_process(), resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from machine import free_port, machine, shared_data, start_stack, wait_ready
+from machine import admin_token, free_port, machine, shared_data, start_stack, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("gateway", "embedder", "search", "catalog", "milvus")
@@ -92,12 +92,12 @@ def main() -> None:
         ports = {name: free_port() for name in SERVICES}
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         evaluations: dict[str, Any] = {}
-        with serving(folder, ports, START_WEIGHTS):
-            medsearch(gateway, "ingest", str(held_csv), "--images", str(nih / "images"))
-            evaluations["random:42"] = evaluate(gateway, held_csv, nih, reports / "random42")
-        with serving(folder, ports, str(weights)):
-            medsearch(gateway, "reindex")
-            evaluations["fine-tuned"] = evaluate(gateway, held_csv, nih, reports / "finetuned")
+        with serving(folder, ports, START_WEIGHTS) as token:
+            medsearch(gateway, token, "ingest", str(held_csv), "--images", str(nih / "images"))
+            evaluations["random:42"] = evaluate(gateway, token, held_csv, nih, reports / "random42")
+        with serving(folder, ports, str(weights)) as token:
+            medsearch(gateway, token, "reindex")
+            evaluations["fine-tuned"] = evaluate(gateway, token, held_csv, nih, reports / "finetuned")
 
     headlines = {name: headline(report) for name, report in evaluations.items()}
     result = {
@@ -143,21 +143,22 @@ def patient_split(
 
 
 @contextmanager
-def serving(folder: Path, ports: dict[str, int], weights: str) -> Iterator[None]:
-    """A stack as `make run` starts it, on `folder`'s data, serving `weights`."""
+def serving(folder: Path, ports: dict[str, int], weights: str) -> Iterator[str]:
+    """A stack as `make run` starts it, on `folder`'s data, serving `weights`; an admin token
+    to call it."""
     process = start_stack(folder, ports, weights=weights)
     try:
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         wait_ready(f"{gateway}/readyz", process, "bench-quality: the stack", log=folder / "run.log")
-        yield
+        yield admin_token(ports, "bench-quality")
     finally:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=120)
 
 
-def evaluate(gateway: str, labels: Path, nih: Path, out: Path) -> dict[str, Any]:
+def evaluate(gateway: str, token: str, labels: Path, nih: Path, out: Path) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
-    medsearch(gateway, "eval", str(labels), "--images", str(nih / "images"), "--out", str(out))
+    medsearch(gateway, token, "eval", str(labels), "--images", str(nih / "images"), "--out", str(out))
     report: dict[str, Any] = json.loads((out / "eval.json").read_text())
     return report
 
@@ -175,13 +176,15 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def medsearch(gateway: str, *args: str) -> None:
-    run([bin_path("medsearch"), "--url", gateway, *args], f"medsearch {args[0]}")
+def medsearch(gateway: str, token: str, *args: str) -> None:
+    run([bin_path("medsearch"), "--url", gateway, *args], f"medsearch {args[0]}", {"MEDSEARCH_TOKEN": token})
 
 
-def run(command: list[str], what: str) -> None:
+def run(command: list[str], what: str, env: dict[str, str] | None = None) -> None:
     print(f"bench-quality: {what}", flush=True)
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    result = subprocess.run(
+        command, stdout=subprocess.PIPE, text=True, check=False, env={**os.environ, **(env or {})}
+    )
     if result.returncode != 0:
         sys.exit(f"bench-quality: {what} failed (exit {result.returncode})\n{result.stdout[-3000:]}")
 

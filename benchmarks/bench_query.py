@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import requests
-from machine import cpu_by_process, free_port, machine, shared_data, start_stack, wait_ready
+from machine import admin_token, cpu_by_process, free_port, machine, shared_data, start_stack, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,9 @@ def main() -> None:
         postgres = None
         try:
             wait_ready(f"{gateway}/readyz", stack, "bench-query: MedSearch", log=folder / "run.log")
-            ingest(gateway, nih)
+            token = admin_token(ports, "bench-query")
+            auth = {"Authorization": f"Bearer {token}"}
+            ingest(gateway, nih, token)
             postgres = start_postgres(folder / "naive-pg")
             postgres_url = postgres.get_uri("naive")
             print("bench-query: indexing the naive peer", flush=True)
@@ -80,7 +82,7 @@ def main() -> None:
                 f"{naive}/ready", naive_process, "bench-query: the naive peer", log=folder / "naive.log"
             )
             calls = {
-                "medsearch": lambda image: post(f"{gateway}/api/v1/search", image),
+                "medsearch": lambda image: post(f"{gateway}/api/v1/search", image, auth),
                 "naive": lambda image: post(f"{naive}/search", image),
             }
             top1 = {name: self_at_top(call, images[:20]) for name, call in calls.items()}  # also warms up
@@ -93,11 +95,11 @@ def main() -> None:
                 for count in clients:
                     for name in order:
                         profiled = name == "medsearch" and count == 1
-                        before = {**stage_totals(ports), **cpu_by_process()} if profiled else {}
+                        before = {**stage_totals(ports, auth), **cpu_by_process()} if profiled else {}
                         total = max(24, count * args.per_client)
                         measured = drive(calls[name], images, count, total)
                         if profiled:
-                            after = {**stage_totals(ports), **cpu_by_process()}
+                            after = {**stage_totals(ports, auth), **cpu_by_process()}
                             for key, value in after.items():
                                 profile[key] = profile.get(key, 0.0) + value - before.get(key, 0.0)
                             profile["requests"] = profile.get("requests", 0.0) + total
@@ -172,11 +174,12 @@ STAGES = {
 }
 
 
-def stage_totals(ports: dict[str, int]) -> dict[str, float]:
-    """Each stage's summed seconds and count so far ("<stage>" and "<stage>#count")."""
+def stage_totals(ports: dict[str, int], auth: Mapping[str, str]) -> dict[str, float]:
+    """Each stage's summed seconds and count so far ("<stage>" and "<stage>#count"). The
+    gateway's /metrics needs an admin (`auth`); the internal services' take no identity."""
     totals: dict[str, float] = {}
     pages = {
-        service: requests.get(f"http://127.0.0.1:{ports[service]}/metrics", timeout=10).text
+        service: requests.get(f"http://127.0.0.1:{ports[service]}/metrics", headers=auth, timeout=10).text
         for service in {service for service, _, _ in STAGES.values()}
     }
     for stage, (service, metric, endpoint) in STAGES.items():
@@ -201,9 +204,10 @@ def stage_means(profile: dict[str, float]) -> dict[str, float]:
     }
 
 
-def post(url: str, image: bytes) -> list[dict[str, Any]]:
+def post(url: str, image: bytes, auth: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One search; MedSearch's needs `auth`, the naive peer takes no identity."""
     response = requests.post(
-        url, files={"image": ("query.png", image, "image/png")}, data={"k": K}, timeout=120
+        url, files={"image": ("query.png", image, "image/png")}, data={"k": K}, headers=auth, timeout=120
     )
     response.raise_for_status()
     results: list[dict[str, Any]] = response.json()["results"]
@@ -247,7 +251,7 @@ def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.median(r[key] for r in rounds), 2) for key in rounds[0]}
 
 
-def ingest(gateway: str, nih: Path) -> None:
+def ingest(gateway: str, nih: Path, token: str) -> None:
     print("bench-query: ingesting the 303 NIH images into MedSearch", flush=True)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "medsearch"), "--url", gateway, "ingest",
@@ -255,6 +259,7 @@ def ingest(gateway: str, nih: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, "MEDSEARCH_TOKEN": token},
     )  # fmt: skip
     if result.returncode != 0:
         sys.exit(f"bench-query: the ingest failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")

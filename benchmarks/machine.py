@@ -1,5 +1,5 @@
 """What every benchmark needs besides its subject: a free port, a description of the machine,
-and the whole system started as `make run` starts it."""
+and the whole system started as `make run` starts it, with an admin token to call it."""
 
 from __future__ import annotations
 
@@ -62,14 +62,19 @@ def machine(**versions: str) -> dict[str, Any]:
 
 
 def start_stack(folder: Path, ports: dict[str, int], weights: str = "random:42") -> subprocess.Popen[bytes]:
-    """scripts/run.py serving `weights` with the embedded stores in `folder`; its log in run.log."""
+    """scripts/run.py serving `weights` with the embedded stores in `folder`; its log in run.log.
+    Its admin token file is in `folder` too, never the user's."""
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("MEDSEARCH_DATABASE_URL", "MEDSEARCH_MILVUS_URI")
+        if key not in ("MEDSEARCH_DATABASE_URL", "MEDSEARCH_MILVUS_URI", "MEDSEARCH_TOKEN")
     }
     env.update({f"MEDSEARCH_{name.upper()}_PORT": str(port) for name, port in ports.items()})
-    env.update(MEDSEARCH_DATA_DIR=str(folder / "data"), MEDSEARCH_EMBEDDER_WEIGHTS=weights)
+    env.update(
+        MEDSEARCH_DATA_DIR=str(folder / "data"),
+        MEDSEARCH_EMBEDDER_WEIGHTS=weights,
+        MEDSEARCH_TOKEN_FILE=str(folder / "token"),
+    )
     # The converted model from `make run`'s own data folder: converted once, not per stack.
     env.setdefault(
         "MEDSEARCH_EMBEDDER_CACHE_DIR", str(Path(__file__).resolve().parent.parent / "var" / "embedder")
@@ -82,6 +87,19 @@ def start_stack(folder: Path, ports: dict[str, int], weights: str = "random:42")
         stderr=log,
         start_new_session=True,  # its own process group, so that SIGINT reaches every service
     )
+
+
+def admin_token(ports: dict[str, int], name: str) -> str:
+    """A new admin API token, made through the catalog as `make run` makes its own: every
+    gateway endpoint but the health checks needs one (and /metrics an admin's)."""
+    response = requests.post(
+        f"http://127.0.0.1:{ports['catalog']}/v1/tokens", json={"name": name, "role": "admin"}, timeout=30
+    )
+    if response.status_code != 201:
+        sys.exit(
+            f"{name}: the catalog made no admin token: HTTP {response.status_code} {response.text[:300]}"
+        )
+    return str(response.json()["secret"])
 
 
 def wait_ready(

@@ -7,10 +7,20 @@ with its data in the data folder too. The four services and a readiness watcher 
 honcho (the Procfile); Ctrl-C stops them all, then Milvus and PostgreSQL. Data survives a
 restart.
 
+Every endpoint but the health checks needs an identity. Once the catalog answers, the watcher
+(scripts/ready.py) makes sure the local user has an admin API token in the token file: the
+one there when the catalog still takes it, else a new one made through the catalog. When all
+is up it prints the UI's sign-in link, http://127.0.0.1:8080/signin#token=mst_… (the token in
+the fragment, which a browser never sends to a server); `medsearch` reads the same file.
+
 Variables: MEDSEARCH_DATA_DIR (default var/), MEDSEARCH_<SERVICE>_PORT (gateway 8080,
-embedder 8081, search 8082, catalog 8083), MEDSEARCH_MILVUS_PORT (19530, the embedded
-engine's; the next free one when taken), MEDSEARCH_EMBEDDER_WEIGHTS (default imagenet),
-MEDSEARCH_SEED_DIR (a folder or labels CSV to ingest at start), and every service's own.
+embedder 8081, search 8082, catalog 8083), MEDSEARCH_<SERVICE>_URL (how the services reach
+each other; default http://127.0.0.1:<port>; the admin token is made at
+MEDSEARCH_CATALOG_URL), MEDSEARCH_MILVUS_PORT (19530, the embedded engine's; the next free
+one when taken), MEDSEARCH_EMBEDDER_WEIGHTS (default imagenet), MEDSEARCH_SEED_DIR (a folder
+or labels CSV to ingest at start, with the admin token), MEDSEARCH_TOKEN_FILE (the admin
+token's file; default $XDG_CONFIG_HOME/medsearch/token, ~/.config/medsearch/token without
+XDG_CONFIG_HOME; its folder made 0700, the file 0600), and every service's own.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The command's pure parts: how results are counted and summed up, the exit code, the
-results table, and command lines refused before anything is sent."""
+results, token and audit tables, and command lines refused before anything is sent."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,15 +17,31 @@ from medsearch_client.cli import (
     Job,
     Outcome,
     Tally,
+    audit,
     batches,
+    build_parser,
     describe_failure,
+    format_audit,
     format_results,
+    format_tokens,
     main,
     outcome_of,
     report,
     run_jobs,
+    token_state,
+    tokens_create,
+    tokens_list,
+    tokens_revoke,
 )
-from medsearch_client.client import GatewayError, Image, ImageMetadata, Indexed, SearchHit
+from medsearch_client.client import (
+    ApiToken,
+    AuditEvent,
+    GatewayError,
+    Image,
+    ImageMetadata,
+    Indexed,
+    SearchHit,
+)
 from medsearch_client.sources import IngestItem
 
 # Nothing listens here: a test that reached the network would fail, not pass.
@@ -183,6 +200,20 @@ def test_ingest_with_an_unknown_map_field_is_a_usage_error(
         (["reindex", "--bogus"], "unrecognized arguments"),
         (["stats", "--timeout", "0"], "expected more than 0"),
         ([], "required: COMMAND"),
+        (["tokens"], "required: ACTION"),
+        (["tokens", "create", "--role", "reader"], "required: --name"),
+        (["tokens", "create", "--name", "ci"], "required: --role"),
+        (["tokens", "create", "--name", "ci", "--role", "root"], "invalid choice: 'root'"),
+        (["tokens", "create", "--name", "ci", "--role", "reader", "--expires-at", "soon"], "ISO 8601"),
+        (["tokens", "list", "--bogus"], "unrecognized arguments"),
+        (["tokens", "revoke"], "required: ID"),
+        (["tokens", "revoke", "three"], "expected a whole number"),
+        (["tokens", "revoke", "0"], "expected 1 or more"),
+        (["audit", "--json", "--csv", "out.csv"], "not allowed with argument"),
+        (["audit", "--action", "peek"], "invalid choice: 'peek'"),
+        (["audit", "--image-id", "-4"], "expected 1 or more"),
+        (["audit", "--since", "yesterday"], "ISO 8601"),
+        (["audit", "--limit", "0"], "expected 1 or more"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(
@@ -256,3 +287,151 @@ def test_a_batch_counts_each_image_and_a_failed_request_fails_all_of_its_images(
     assert "truncated" in reasons["b.png"] and "HTTP 503, search" in reasons["c.png"]
     assert "bad form" in reasons["e.png"] and "Permission denied" in reasons["f.png"]
     assert tally.exit_code() == EXIT_FAILED and tally.not_tried == 0
+
+
+# -- tokens and the audit trail -----------------------------------------------------------
+
+
+def test_token_and_audit_command_lines_reach_their_handlers() -> None:
+    parser = build_parser()
+
+    created = parser.parse_args(
+        ["tokens", "create", "--name", "ci", "--role", "editor", "--expires-at", "2030-01-01T00:00:00+02:00"]
+    )
+    assert (created.handler, created.name, created.role) == (tokens_create, "ci", "editor")
+    assert created.expires_at == "2030-01-01T00:00:00+02:00"
+    assert parser.parse_args(["tokens", "create", "--name", "ci", "--role", "admin"]).expires_at is None
+    listed = parser.parse_args(["tokens", "list", "--json", "--url", "http://gw:1"])
+    assert (listed.handler, listed.json, listed.url) == (tokens_list, True, "http://gw:1")
+    revoked = parser.parse_args(["--url", "http://gw:1", "tokens", "revoke", "7", "--timeout", "5"])
+    assert (revoked.handler, revoked.id, revoked.url, revoked.timeout) == (
+        tokens_revoke,
+        7,
+        "http://gw:1",
+        5.0,
+    )
+    read = parser.parse_args(
+        ["audit", "--actor", "token:3", "--action", "search", "--image-id", "12", "--since", "2026-01-01"]
+    )
+    assert (read.handler, read.actor, read.action, read.image_id, read.since) == (
+        audit,
+        "token:3",
+        "search",
+        12,
+        "2026-01-01",
+    )
+    assert (read.until, read.limit, read.json, read.csv) == (None, None, False, None)
+    exported = parser.parse_args(["audit", "--csv", "trail.csv", "--until", "2026-02-01T00:00:00Z"])
+    assert (exported.csv, exported.until) == ("trail.csv", "2026-02-01T00:00:00Z")
+
+
+def test_an_audit_export_with_a_limit_is_refused_before_anything_is_sent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["audit", "--csv", "out.csv", "--limit", "10", "--url", NOWHERE]) == EXIT_USAGE
+    assert "--csv exports every event that matches" in capsys.readouterr().err
+
+
+def test_an_audit_export_into_a_missing_folder_is_refused_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "no-such-folder" / "trail.csv"
+
+    assert main(["audit", "--csv", str(target), "--url", NOWHERE]) == EXIT_USAGE
+    assert f"cannot write {target}" in capsys.readouterr().err
+
+
+def test_an_audit_export_into_a_folder_is_refused_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "--csv", str(tmp_path), "--url", NOWHERE]) == EXIT_USAGE
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_a_token_file_that_cannot_be_read_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MEDSEARCH_TOKEN", raising=False)
+    monkeypatch.setenv("MEDSEARCH_TOKEN_FILE", str(tmp_path))  # a folder: it cannot be read
+
+    assert main(["stats", "--url", NOWHERE]) == EXIT_USAGE
+    assert f"the token file {tmp_path} cannot be read" in capsys.readouterr().err
+
+
+def test_not_signed_in_says_where_a_token_goes() -> None:
+    described = describe_failure(GatewayError(401, {"detail": "sign in first: GET /api/v1/stats"}))
+
+    assert described.startswith("sign in first: GET /api/v1/stats (HTTP 401)")
+    assert "MEDSEARCH_TOKEN" in described and "medsearch tokens create" in described
+
+
+def token(token_id: int = 1, **fields: Any) -> ApiToken:
+    base = {
+        "id": token_id,
+        "name": "ci",
+        "role": "reader",
+        "created_at": "2026-03-01T09:30:00+00:00",
+        "expires_at": None,
+        "revoked_at": None,
+        "last_used_at": None,
+    }
+    return cast(ApiToken, {**base, **fields})
+
+
+def test_a_token_is_revoked_expired_or_active() -> None:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+
+    assert token_state(token(), now) == "active"
+    assert token_state(token(expires_at="2026-07-01T00:00:00+00:00"), now) == "active"
+    assert token_state(token(expires_at="2026-05-31T23:59:59+00:00"), now) == "expired"
+    revoked = token(revoked_at="2026-04-01T00:00:00+00:00", expires_at="2026-05-01T00:00:00+00:00")
+    assert token_state(revoked, now) == "revoked"
+
+
+def test_tokens_table_has_one_line_per_token_with_times_in_utc() -> None:
+    tokens = [
+        token(3, name="make run admin", role="admin", last_used_at="2026-05-31T12:00:00+02:00"),
+        token(12, expires_at="2026-05-01T00:00:00+00:00"),
+    ]
+
+    assert format_tokens(tokens, datetime(2026, 6, 1, tzinfo=UTC)).splitlines() == [
+        "id  name            role    state    created              expires              last used",
+        " 3  make run admin  admin   active   2026-03-01 09:30:00  never                2026-05-31 10:00:00",
+        "12  ci              reader  expired  2026-03-01 09:30:00  2026-05-01 00:00:00  never",
+    ]
+
+
+def test_audit_table_has_one_line_per_event_and_shortens_long_result_lists() -> None:
+    events: list[AuditEvent] = [
+        {
+            "id": 41,
+            "at": "2026-05-02T08:00:01.123456+00:00",
+            "actor": "token:3",
+            "role": "reader",
+            "action": "search",
+            "outcome": "ok",
+            "image_id": None,
+            "result_ids": [5, 9, 2, 7, 1, 8, 4],
+            "request_id": "r1",
+            "detail": None,
+        },
+        {
+            "id": 40,
+            "at": "2026-05-02T08:00:00+00:00",
+            "actor": "anonymous",
+            "role": None,
+            "action": "refused",
+            "outcome": "refused",
+            "image_id": 12,
+            "result_ids": None,
+            "request_id": None,
+            "detail": "DELETE /api/v1/images/{image_id} needs the editor role",
+        },
+    ]
+
+    assert format_audit(events).splitlines() == [
+        "id  at (UTC)             actor      role    action   outcome  image  results            detail",
+        "41  2026-05-02 08:00:01  token:3    reader  search   ok       -      5 9 2 7 1 +2 more",
+        "40  2026-05-02 08:00:00  anonymous  -       refused  refused  12     -                  "
+        "DELETE /api/v1/images/{image_id} needs the editor role",
+    ]

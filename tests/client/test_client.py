@@ -1,11 +1,26 @@
 """The gateway client's pure parts: which failures are retried, how long it waits, what an
-error says. (The client against the real gateway is tested end to end with the stack.)"""
+error says, where the token comes from. (The client against the real gateway is tested end
+to end with the stack.)"""
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 import pytest
 
-from medsearch_client.client import GatewayClient, GatewayError, RetryPolicy, is_retryable, problem_of
+from medsearch_client.client import (
+    AuditFilter,
+    GatewayClient,
+    GatewayError,
+    RetryPolicy,
+    default_token_file,
+    find_token,
+    is_retryable,
+    problem_of,
+    read_token_file,
+    write_token_file,
+)
 
 
 @pytest.mark.parametrize("status", [None, 502, 503, 504])
@@ -81,3 +96,78 @@ def test_error_without_detail_falls_back_to_title_then_status() -> None:
 def test_a_gateway_url_must_be_http(url: str) -> None:
     with pytest.raises(ValueError, match="http"):
         GatewayClient(url)
+
+
+# -- the token: MEDSEARCH_TOKEN, else the token file --------------------------------------
+
+
+def test_the_token_file_is_named_by_its_variable_else_under_the_config_folder(tmp_path: Path) -> None:
+    assert default_token_file({"MEDSEARCH_TOKEN_FILE": str(tmp_path / "t")}) == tmp_path / "t"
+    assert default_token_file({"XDG_CONFIG_HOME": str(tmp_path)}) == tmp_path / "medsearch" / "token"
+    assert default_token_file({}) == Path.home() / ".config" / "medsearch" / "token"
+    assert default_token_file({"MEDSEARCH_TOKEN_FILE": "~/t"}) == Path.home() / "t"
+
+
+def test_the_token_variable_wins_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("mst_from_the_file\n")
+    environ = {"MEDSEARCH_TOKEN_FILE": str(path)}
+
+    assert find_token({**environ, "MEDSEARCH_TOKEN": " mst_from_the_env "}) == "mst_from_the_env"
+    assert find_token({**environ, "MEDSEARCH_TOKEN": "  "}) == "mst_from_the_file"
+
+
+def test_the_token_is_the_files_first_line(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("\n  mst_first  \nmst_second\n")
+
+    assert find_token({"MEDSEARCH_TOKEN_FILE": str(path)}) == "mst_first"
+
+
+@pytest.mark.parametrize("content", [None, "", "\n \n"])
+def test_no_file_or_an_empty_one_is_no_token(tmp_path: Path, content: str | None) -> None:
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+
+    assert find_token({"MEDSEARCH_TOKEN_FILE": str(path)}) is None
+
+
+def test_a_token_file_that_cannot_be_read_is_an_error_naming_it(tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder"  # reading a folder fails as a permission problem would
+    folder.mkdir()
+
+    with pytest.raises(ValueError, match=f"the token file {folder} cannot be read"):
+        find_token({"MEDSEARCH_TOKEN_FILE": str(folder)})
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not text"):
+        read_token_file(binary)
+
+
+def test_a_written_token_file_is_for_its_user_only_and_replaced_whole(tmp_path: Path) -> None:
+    path = tmp_path / "config" / "medsearch" / "token"
+
+    write_token_file(path, "mst_one")
+    write_token_file(path, "mst_two")
+
+    assert path.read_text() == "mst_two\n"
+    assert read_token_file(path) == "mst_two"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert sorted(p.name for p in path.parent.iterdir()) == ["token"]  # no temporary file left
+
+
+@pytest.mark.parametrize("token", ["two words", "mst_é", "line\nbreak"])
+def test_a_token_that_cannot_go_in_a_header_is_refused(token: str) -> None:
+    with pytest.raises(ValueError, match="one word of ASCII"):
+        GatewayClient("http://127.0.0.1:9", token=token)
+
+
+def test_the_audit_filter_sends_only_what_is_set() -> None:
+    assert AuditFilter().params() == {}
+    assert AuditFilter(actor="token:3", image_id=12, since="2026-01-01").params() == {
+        "actor": "token:3",
+        "image_id": 12,
+        "since": "2026-01-01",
+    }

@@ -152,10 +152,15 @@ def search(stack: Stack, data: bytes, **form: Any) -> requests.Response:
     )
 
 
-def medsearch(stack: Stack, *args: str, role: str = "admin") -> subprocess.CompletedProcess[str]:
-    """The `medsearch` command line, as a user runs it, with the role's token in MEDSEARCH_TOKEN."""
-    command = [str(Path(sys.executable).parent / "medsearch"), "--url", stack.gateway, *args]
-    env = {**os.environ, "MEDSEARCH_TOKEN": stack.tokens[role]}
+def medsearch(stack: Stack | str, *args: str, role: str = "admin") -> subprocess.CompletedProcess[str]:
+    """The `medsearch` command line, as a user runs it, with the role's token in MEDSEARCH_TOKEN
+    (`stack` may be a bare URL: a gateway with no token for it)."""
+    url = stack if isinstance(stack, str) else stack.gateway
+    command = [str(Path(sys.executable).parent / "medsearch"), "--url", url, *args]
+    if isinstance(stack, str):
+        env = {**os.environ, "MEDSEARCH_TOKEN": "", "MEDSEARCH_TOKEN_FILE": os.devnull}
+    else:
+        env = {**os.environ, "MEDSEARCH_TOKEN": stack.tokens[role]}
     return subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, env=env)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.make_run import SERVICES, descendants, make_run
+from tests.support.make_run import SERVICES, MakeRun, descendants, make_run
 from tests.support.processes import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -30,34 +30,45 @@ STOP_GUARD_S = 60.0
 KILL_AFTER_INDEXED = 15
 
 
-def ingest(gateway: str, source: Path) -> subprocess.Popen[str]:
+def ingest(gateway: str, source: Path, run: MakeRun) -> subprocess.Popen[str]:
+    """`medsearch ingest` as the local user runs it: signed in by `make run`'s token file."""
     medsearch = Path(sys.executable).parent / "medsearch"
     return subprocess.Popen(
         [str(medsearch), "--url", gateway, "ingest", str(source), "--concurrency", "8", "--timeout", "60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=run.medsearch_env(),
     )
 
 
-def catalog_images(gateway: str) -> list[dict[str, Any]]:
+def bearer(run: MakeRun) -> dict[str, str]:
+    """The admin token `make run` printed once up, as an Authorization header."""
+    run.wait_for_sign_in_link(START_GUARD_S)
+    return {"Authorization": f"Bearer {run.token_file.read_text().strip()}"}
+
+
+def catalog_images(gateway: str, auth: dict[str, str]) -> list[dict[str, Any]]:
     images: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
         params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
-        page = requests.get(f"{gateway}/api/v1/images", params=params, timeout=30).json()
+        response = requests.get(f"{gateway}/api/v1/images", params=params, headers=auth, timeout=30)
+        assert response.status_code == 200, response.text
+        page = response.json()
         images.extend(page["items"])
         cursor = page["next_cursor"]
         if not cursor:
             return images
 
 
-def indexed_count(gateway: str) -> int:
+def indexed_count(gateway: str, auth: dict[str, str]) -> int:
     try:
-        stats = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()
+        response = requests.get(f"{gateway}/api/v1/stats", headers=auth, timeout=10)
     except requests.RequestException:
         return 0
-    return int((stats.get("index") or {}).get("indexed", 0))
+    assert response.status_code != 401, response.text
+    return int((response.json().get("index") or {}).get("indexed", 0))
 
 
 @pytest.mark.parametrize("engine", ["server", "lite"])
@@ -72,11 +83,13 @@ def test_kill_9_of_search_and_engine_during_ingest_loses_no_acknowledged_vector(
     # The default engine is a process of its own; Milvus Lite runs inside the search service.
     lite = {"MEDSEARCH_MILVUS_URI": str(data / "milvus.db")} if engine == "lite" else {}
 
-    with make_run(data, ports, log, **lite) as process:
+    with make_run(data, ports, log, **lite) as run:
+        process = run.process
         wait_ready(gateway, process, log, START_GUARD_S)
-        first = ingest(gateway, source)
+        auth = bearer(run)
+        first = ingest(gateway, source, run)
         deadline = time.monotonic() + START_GUARD_S
-        while indexed_count(gateway) < KILL_AFTER_INDEXED:
+        while indexed_count(gateway, auth) < KILL_AFTER_INDEXED:
             assert first.poll() is None, f"the ingest ended before the crash: {first.communicate()}"
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
@@ -92,20 +105,25 @@ def test_kill_9_of_search_and_engine_during_ingest_loses_no_acknowledged_vector(
         first.kill()
         first.communicate()
 
-    with make_run(data, ports, log, **lite) as process:
+    with make_run(data, ports, log, **lite) as run:
+        process = run.process
         wait_ready(gateway, process, log, START_GUARD_S)
-        model_id = requests.get(f"{gateway}/api/v1/stats", timeout=10).json()["model"]["model_id"]
+        # The same token after the crash: the file was written whole, and the catalog kept it.
+        assert bearer(run) == auth
+        model_id = requests.get(f"{gateway}/api/v1/stats", headers=auth, timeout=10).json()["model"][
+            "model_id"
+        ]
         search = f"http://127.0.0.1:{ports['search']}/v1/models/{model_id}"
         # What the catalog called indexed when the crash came was acknowledged by the search
         # service first: every one must have its vector now, before anything is re-sent.
-        acknowledged = indexed_ids(catalog_images(gateway))
+        acknowledged = indexed_ids(catalog_images(gateway, auth))
         assert len(acknowledged) >= KILL_AFTER_INDEXED
         assert without_vector(search, acknowledged) == []
 
-        again = ingest(gateway, source)
+        again = ingest(gateway, source, run)
         out, err = again.communicate(timeout=START_GUARD_S)
         assert again.returncode == 0, f"{out}\n{err}"
-        images = catalog_images(gateway)
+        images = catalog_images(gateway, auth)
         assert len(images) == expected
         assert len(indexed_ids(images)) == expected
         assert without_vector(search, indexed_ids(images)) == []

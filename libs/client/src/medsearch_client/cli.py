@@ -1,4 +1,5 @@
-"""The `medsearch` command: ingest, search, reindex, eval and stats against a MedSearch gateway.
+"""The `medsearch` command: ingest, search, reindex, eval and stats against a MedSearch gateway,
+and for an admin its API tokens and audit trail.
 
 Exit status: 0 when everything worked; 1 when an image or a call failed (each failure is
 listed); 2 when the command line or the CSV is wrong (nothing was sent); 130 when
@@ -12,6 +13,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,12 +29,19 @@ from tqdm import tqdm
 from medsearch_client import harness
 from medsearch_client.client import (
     DEFAULT_URL,
+    ROLES,
+    TOKEN_ENV,
     URL_ENV,
+    ApiToken,
+    AuditEvent,
+    AuditFilter,
     GatewayClient,
     GatewayError,
     Image,
     Indexed,
     SearchHit,
+    default_token_file,
+    find_token,
 )
 from medsearch_client.evaluation import (
     KS,
@@ -60,6 +69,26 @@ MAX_BATCH_SIZE = 32
 MAX_BATCH_BYTES = 48 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_INGEST_CONCURRENCY = 4
+# The audit trail's actions, as the gateway records them.
+AUDIT_ACTIONS = (
+    "search",
+    "similar",
+    "view_image",
+    "browse",
+    "add_image",
+    "delete_image",
+    "reindex",
+    "sign_in",
+    "sign_out",
+    "token_create",
+    "token_revoke",
+    "refused",
+    "audit_read",
+)
+DEFAULT_AUDIT_LIMIT = 50
+MAX_AUDIT_PAGE = 1000  # the gateway's largest page
+# Result IDs an audit table shows per event; --json and --csv have them all.
+AUDIT_TABLE_RESULT_IDS = 5
 
 
 class Outcome(Enum):
@@ -82,7 +111,13 @@ def describe_failure(error: GatewayError) -> str:
         notes[0] += f", {error.dependency}"
     if error.image_id is not None:
         notes.append(f"image {error.image_id} {error.problem.get('index_state') or 'pending'}")
-    return f"{error.detail} ({'; '.join(notes)})"
+    described = f"{error.detail} ({'; '.join(notes)})"
+    if error.status == 401:
+        described += (
+            f"; sign in with an API token in {TOKEN_ENV} or the file {default_token_file()}"
+            " (`make run` writes one there; an admin makes more with `medsearch tokens create`)"
+        )
+    return described
 
 
 @dataclass
@@ -416,6 +451,170 @@ def stats(args: argparse.Namespace, client: GatewayClient) -> int:
     return EXIT_OK
 
 
+def tokens_create(args: argparse.Namespace, client: GatewayClient) -> int:
+    created = client.create_token(args.name, args.role, expires_at=args.expires_at)
+    token = created["token"]
+    # The secret alone on stdout, so that `$(medsearch tokens create …)` captures it.
+    print(created["secret"], flush=True)
+    expires = f"expires {_when(token['expires_at'])} UTC" if token["expires_at"] else "never expires"
+    print(
+        f"created token {token['id']} {token['name']!r} ({token['role']}, {expires}); its secret, "
+        f"above, is shown only this once: keep it (in {TOKEN_ENV} or the file {default_token_file()})",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def tokens_list(args: argparse.Namespace, client: GatewayClient) -> int:
+    tokens = client.list_tokens()
+    if args.json:
+        print(json.dumps({"items": tokens}, indent=2))
+    elif tokens:
+        print(format_tokens(tokens, datetime.now(UTC)))
+    else:
+        print("no API tokens", file=sys.stderr)
+    return EXIT_OK
+
+
+def tokens_revoke(args: argparse.Namespace, client: GatewayClient) -> int:
+    client.revoke_token(args.id)
+    print(f"revoked token {args.id}")
+    return EXIT_OK
+
+
+def audit(args: argparse.Namespace, client: GatewayClient) -> int:
+    where = AuditFilter(
+        actor=args.actor, action=args.action, image_id=args.image_id, since=args.since, until=args.until
+    )
+    if args.csv is not None:
+        if args.limit is not None:
+            raise UsageError(
+                "--csv exports every event that matches: narrow it with the filters, not --limit"
+            )
+        return export_audit(client, where, args.csv)
+    limit = args.limit or DEFAULT_AUDIT_LIMIT
+    events: list[AuditEvent] = []
+    cursor: str | None = None
+    while len(events) < limit:
+        page = client.audit_page(where, limit=min(limit - len(events), MAX_AUDIT_PAGE), cursor=cursor)
+        events.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    if args.json:
+        for event in events:
+            print(json.dumps(event))
+    elif events:
+        print(format_audit(events))
+    else:
+        print("no audit events match", file=sys.stderr)
+    if cursor:
+        print(
+            f"the newest {len(events)} events shown; more match: raise --limit, narrow with "
+            "--since/--until, or export them all with --csv FILE",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def export_audit(client: GatewayClient, where: AuditFilter, target: str) -> int:
+    """The audit trail's CSV into `target` ("-": stdout). A file appears whole or not at all:
+    the CSV goes to a temporary file beside it, renamed when the last byte is in."""
+    if target == "-":
+        client.audit_csv(sys.stdout.buffer, where)
+        sys.stdout.flush()
+        return EXIT_OK
+    path = Path(target)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder: name the CSV file to write")
+    try:
+        # Made 0600, and so is the export: the trail says who looked at which patient's images.
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            written = client.audit_csv(out, where)
+        os.replace(temporary, path)
+    except OSError as exc:  # the disk, not the gateway: its failures are GatewayErrors
+        print(f"medsearch: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    print(f"wrote the audit trail to {path} ({written} bytes of CSV)", file=sys.stderr)
+    return EXIT_OK
+
+
+def format_tokens(tokens: Sequence[ApiToken], now: datetime) -> str:
+    """API tokens as an aligned text table, one line per token, times in UTC."""
+    rows = [("id", "name", "role", "state", "created", "expires", "last used")]
+    for token in tokens:
+        rows.append(
+            (
+                str(token["id"]),
+                token["name"],
+                token["role"],
+                token_state(token, now),
+                _when(token["created_at"]),
+                _when(token["expires_at"]) if token["expires_at"] else "never",
+                _when(token["last_used_at"]) if token["last_used_at"] else "never",
+            )
+        )
+    return _aligned(rows, right=1)
+
+
+def token_state(token: ApiToken, now: datetime) -> str:
+    """`revoked`, `expired` or `active`."""
+    if token["revoked_at"]:
+        return "revoked"
+    expires = _parse_time(token["expires_at"]) if token["expires_at"] else None
+    return "expired" if expires is not None and expires <= now else "active"
+
+
+def format_audit(events: Sequence[AuditEvent]) -> str:
+    """Audit events as an aligned text table, one line per event, newest first, times in UTC."""
+    rows = [("id", "at (UTC)", "actor", "role", "action", "outcome", "image", "results", "detail")]
+    for event in events:
+        ids = event["result_ids"]
+        if ids is None:
+            results = "-"
+        else:
+            results = " ".join(str(i) for i in ids[:AUDIT_TABLE_RESULT_IDS]) or "(none)"
+            if len(ids) > AUDIT_TABLE_RESULT_IDS:
+                results += f" +{len(ids) - AUDIT_TABLE_RESULT_IDS} more"
+        rows.append(
+            (
+                str(event["id"]),
+                _when(event["at"]),
+                event["actor"],
+                event["role"] or "-",
+                event["action"],
+                event["outcome"],
+                "-" if event["image_id"] is None else str(event["image_id"]),
+                results,
+                event["detail"] or "",
+            )
+        )
+    return _aligned(rows, right=1)
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _when(text: str | None) -> str:
+    """An ISO 8601 time from the gateway, in UTC to the second; as sent when it is not one."""
+    if not text:
+        return "-"
+    parsed = _parse_time(text)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if parsed else text
+
+
 def format_results(hits: Sequence[SearchHit]) -> str:
     """Search results as an aligned text table, one line per hit, best first."""
     header = ("rank", "score", "id", "external_id", "dataset", "patient", "age/sex/view", "findings")
@@ -437,11 +636,16 @@ def format_results(hits: Sequence[SearchHit]) -> str:
                 ", ".join(meta.get("findings") or []) or "(none)",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    numbers = 3  # rank, score and id are right-aligned
+    return _aligned(rows, right=3)  # rank, score and id are right-aligned
+
+
+def _aligned(rows: Sequence[Sequence[str]], *, right: int) -> str:
+    """Rows of cells as text columns two spaces apart: the first `right` columns (numbers)
+    right-aligned, the others left-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(
-            cell.rjust(width) if i < numbers else cell.ljust(width)
+            cell.rjust(width) if i < right else cell.ljust(width)
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
         for row in rows
@@ -502,6 +706,14 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected more than 0, got {text}")
     return value
+
+
+def _iso_time(text: str) -> str:
+    if _parse_time(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2026-07-01T09:00:00+02:00 or 2026-07-01, got {text!r}"
+        )
+    return text
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -637,7 +849,90 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = commands.add_parser("stats", parents=[connection], help="counts of images and of their index state")
     cmd.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
     cmd.set_defaults(handler=stats)
+
+    _add_token_commands(commands, connection)
+
+    cmd = commands.add_parser(
+        "audit",
+        parents=[connection],
+        help="who searched, viewed, added or deleted what, and when (admin)",
+        description="The gateway's audit trail, newest first: searches with their result IDs, image "
+        "views, browsing, adds, deletes, reindexes, sign-ins, token changes and refusals. Filters "
+        "combine with AND; times are ISO 8601 (without an offset: UTC).",
+    )
+    cmd.add_argument("--actor", help="only this actor's events (e.g. token:3, oidc:<subject>)")
+    cmd.add_argument(
+        "--action",
+        choices=AUDIT_ACTIONS,
+        metavar="ACTION",
+        help=f"only events of this action: {', '.join(AUDIT_ACTIONS)}",
+    )
+    cmd.add_argument("--image-id", type=_positive_int, metavar="ID", help="only events about this image")
+    cmd.add_argument("--since", type=_iso_time, metavar="TIME", help="events at or after this time")
+    cmd.add_argument("--until", type=_iso_time, metavar="TIME", help="events before this time")
+    cmd.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help=f"show the newest N events (default {DEFAULT_AUDIT_LIMIT}; not with --csv)",
+    )
+    output = cmd.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object per event and line")
+    output.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="export every event that matches to FILE as CSV, with a header row ('-': stdout)",
+    )
+    cmd.set_defaults(handler=audit)
     return parser
+
+
+def _add_token_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], connection: argparse.ArgumentParser
+) -> None:
+    """`medsearch tokens create|list|revoke`."""
+    group = commands.add_parser(
+        "tokens",
+        parents=[connection],
+        help="create, list and revoke API tokens (admin)",
+        description="API tokens sign `medsearch`, scripts and the web UI in: a reader searches and "
+        "browses, an editor also adds, deletes and reindexes, an admin also manages tokens and reads "
+        "the audit trail.",
+    )
+    actions = group.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+
+    cmd = actions.add_parser(
+        "create",
+        parents=[connection],
+        help="make a token and print its secret (shown only this once)",
+        description="Make an API token. Its secret goes to stdout alone on one line, so that "
+        "`$(medsearch tokens create …)` captures it; the gateway shows it this once only.",
+    )
+    cmd.add_argument("--name", required=True, help="what the token is for (1-100 characters)")
+    cmd.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
+    cmd.add_argument(
+        "--expires-at",
+        type=_iso_time,
+        metavar="TIME",
+        help="when it stops working, ISO 8601 (without an offset: UTC; default: never)",
+    )
+    cmd.set_defaults(handler=tokens_create)
+
+    cmd = actions.add_parser(
+        "list", parents=[connection], help="every token, revoked and expired ones too (never a secret)"
+    )
+    cmd.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
+    cmd.set_defaults(handler=tokens_list)
+
+    cmd = actions.add_parser(
+        "revoke",
+        parents=[connection],
+        help="stop a token from working",
+        description="Revoke an API token: changes are refused at once; a read the gateway verified "
+        "in the last few seconds may still go through until its cache expires (5 s by default).",
+    )
+    cmd.add_argument("id", type=_positive_int, metavar="ID", help="the token's ID (see `tokens list`)")
+    cmd.set_defaults(handler=tokens_revoke)
 
 
 def _add_source_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -681,6 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client = GatewayClient(
             url,
+            token=find_token(),
             read_timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
             pool_size=getattr(args, "concurrency", 1),
         )

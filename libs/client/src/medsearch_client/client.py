@@ -1,25 +1,33 @@
 """A client of the MedSearch gateway's public API (`/api/v1`): typed calls, timeouts, retries.
 
-Every call here is safe to repeat (ingest is idempotent by the image's sha256, indexing by
-image ID, search and reads change nothing), so each one is retried with backoff when the
-gateway says a service is down or slow (502/503/504) or does not answer at all; a 4xx is
-the request's own fault and is raised at once.
+Every call here but `create_token` is safe to repeat (ingest is idempotent by the image's
+sha256, indexing by image ID, revoking a revoked token is a no-op, search and reads change
+nothing), so each one is retried with backoff when the gateway says a service is down or
+slow (502/503/504) or does not answer at all; a 4xx is the request's own fault and is
+raised at once. A token is created once: a retry after a lost answer would make a second.
+
+Also the token file `make run` writes and `medsearch` reads (`default_token_file`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import IO, Any, Literal, TypedDict, cast
 from urllib.parse import urlsplit
 
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "MEDSEARCH_URL"
+TOKEN_ENV = "MEDSEARCH_TOKEN"  # noqa: S105 - the variable's name
+TOKEN_FILE_ENV = "MEDSEARCH_TOKEN_FILE"  # noqa: S105 - the variable's name
 # Statuses that say "try again later" rather than "your request is wrong".
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 _MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
@@ -79,6 +87,60 @@ class Stats(TypedDict):
     images: int
     datasets: dict[str, int]
     index: IndexCounts | None
+
+
+Role = Literal["reader", "editor", "admin"]
+ROLES: tuple[Role, ...] = ("reader", "editor", "admin")  # weakest first
+
+
+class ApiToken(TypedDict):
+    """An API token as the gateway lists it: never its secret."""
+
+    id: int
+    name: str
+    role: Role
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+
+
+class CreatedToken(TypedDict):
+    token: ApiToken
+    secret: str  # shown in this answer only
+
+
+class AuditEvent(TypedDict):
+    id: int
+    at: str
+    actor: str
+    role: Role | None
+    action: str
+    outcome: str
+    image_id: int | None
+    result_ids: list[int] | None
+    request_id: str | None
+    detail: str | None
+
+
+class AuditPage(TypedDict):
+    items: list[AuditEvent]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit events to read; each field left None does not filter (they combine with AND).
+    `since` and `until` are ISO 8601 times (without an offset: UTC)."""
+
+    actor: str | None = None
+    action: str | None = None
+    image_id: int | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def params(self) -> dict[str, str | int]:
+        return {name: value for name, value in vars(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -158,13 +220,64 @@ class RetryPolicy:
         return float(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
 
 
+def default_token_file(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where `make run` leaves its admin token and `medsearch` looks for one:
+    `MEDSEARCH_TOKEN_FILE`, else `$XDG_CONFIG_HOME/medsearch/token` (~/.config by default)."""
+    if environ.get(TOKEN_FILE_ENV):
+        return Path(environ[TOKEN_FILE_ENV]).expanduser()
+    config = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "medsearch" / "token"
+
+
+def find_token(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The API token to send: `MEDSEARCH_TOKEN`, else the token file's first line; None without."""
+    token = environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    return read_token_file(default_token_file(environ))
+
+
+def read_token_file(path: Path) -> str | None:
+    """The token in the file's first line; None when there is no file or it is empty.
+    Raises ValueError when the file is there but cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not text"
+        raise ValueError(f"the token file {path} cannot be read: {reason}") from None
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """Keep `token` in `path` for this user only: a new folder 0700, the file 0600, replaced
+    at once (a reader never sees half a token, a crash never leaves an empty file)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # made 0600
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(f"{token}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 class GatewayClient:
-    """Calls the gateway at `base_url`; one HTTP session, shared safely by worker threads."""
+    """Calls the gateway at `base_url`; one HTTP session, shared safely by worker threads.
+    `token` (an API token or an identity provider's JWT) goes in every request's
+    `Authorization: Bearer` header."""
 
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
         *,
+        token: str | None = None,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 300.0,
         retry: RetryPolicy | None = None,
@@ -179,6 +292,10 @@ class GatewayClient:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._session = requests.Session()
+        if token:
+            if not token.isascii() or any(c.isspace() for c in token):
+                raise ValueError("the token must be one word of ASCII characters")
+            self._session.headers["Authorization"] = f"Bearer {token}"
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -315,11 +432,59 @@ class GatewayClient:
         """How many images there are, per dataset, and their index state for the active model."""
         return cast(Stats, _json(self._request("GET", "/api/v1/stats")))
 
+    # -- API tokens and the audit trail (admin) -----------------------------------------
+
+    def create_token(self, name: str, role: Role, *, expires_at: str | None = None) -> CreatedToken:
+        """A new API token; its secret is in this answer only. Sent once, never retried."""
+        body: dict[str, str] = {"name": name, "role": role}
+        if expires_at is not None:
+            body["expires_at"] = expires_at
+        return cast(CreatedToken, _json(self._request("POST", "/api/v1/tokens", json=body, attempts=1)))
+
+    def list_tokens(self) -> list[ApiToken]:
+        """Every API token, revoked and expired ones too, by ID; never a secret."""
+        return cast(list[ApiToken], _json(self._request("GET", "/api/v1/tokens"))["items"])
+
+    def revoke_token(self, token_id: int) -> None:
+        """Revoke a token (a no-op when it is revoked already; a 404 when there is no such token)."""
+        self._request("DELETE", f"/api/v1/tokens/{token_id}")
+
+    def audit_page(
+        self, where: AuditFilter | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> AuditPage:
+        """One page of the audit trail, newest first."""
+        params = {**(where or AuditFilter()).params(), "limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return cast(AuditPage, _json(self._request("GET", "/api/v1/audit", params=params)))
+
+    def audit_csv(self, out: IO[bytes], where: AuditFilter | None = None) -> int:
+        """Stream every event that matches, as the gateway's CSV (with its header row), into
+        `out`; the bytes written."""
+        params = (where or AuditFilter()).params()
+        response = self._request("GET", "/api/v1/audit.csv", params=params, stream=True)
+        written = 0
+        with response:
+            try:
+                for chunk in response.iter_content(chunk_size=64 * 1024):
+                    out.write(chunk)
+                    written += len(chunk)
+            except requests.RequestException as exc:
+                raise GatewayError(
+                    None,
+                    {"title": "cut off", "detail": f"the CSV stopped after {written} bytes: {_reason(exc)}"},
+                    retryable=False,
+                ) from None
+        return written
+
     # -- transport ----------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _request(
+        self, method: str, path: str, *, attempts: int | None = None, **kwargs: Any
+    ) -> requests.Response:
         url = self.base_url + path
-        for attempt in range(1, self.retry.attempts + 1):
+        attempts = self.retry.attempts if attempts is None else attempts
+        for attempt in range(1, attempts + 1):
             retry_after: str | None = None
             try:
                 response = self._session.request(method, url, timeout=self.timeout, **kwargs)
@@ -341,7 +506,7 @@ class GatewayClient:
                     ),
                 )
                 retry_after = response.headers.get("Retry-After")
-            if not error.retryable or attempt == self.retry.attempts:
+            if not error.retryable or attempt == attempts:
                 raise error
             self._sleep(self.retry.delay(attempt, retry_after))
         raise AssertionError("unreachable: the loop returns or raises")
