@@ -171,6 +171,9 @@ STAGES = {
     "embedder model call": ("embedder", "embedder_inference_seconds", None),
     "search /search": ("search", "http_request_duration_seconds", "/v1/models/<model_id>/search"),
     "catalog /v1/images (batch fetch)": ("catalog", "http_request_duration_seconds", "/v1/images"),
+    # Sign-in's share: the audit event each search writes, and the token checks (cached 5 s).
+    "catalog /v1/audit (the search's audit event)": ("catalog", "http_request_duration_seconds", "/v1/audit"),
+    "catalog /v1/tokens/verify": ("catalog", "http_request_duration_seconds", "/v1/tokens/verify"),
 }
 
 

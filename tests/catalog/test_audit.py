@@ -264,8 +264,16 @@ def test_identity_and_audit_migration_applies_on_a_database_with_images(postgres
             " VALUES (repeat('a', 64), 'image/png', 1, 1, 1, 'd')"
         )
         conn.commit()
-        assert apply_migrations(conn, migrations) == ["0002_identity_audit"]
+        assert apply_migrations(conn, migrations[:2]) == ["0002_identity_audit"]
+        conn.execute("INSERT INTO audit_events (actor, action, outcome) VALUES ('token:1', 'search', 'ok')")
+        conn.commit()
+        # 0003 widens the actions (browse) on a trail that already holds events.
+        assert apply_migrations(conn, migrations) == ["0003_audit_browse"]
         assert apply_migrations(conn, migrations) == []
+        conn.execute("INSERT INTO audit_events (actor, action, outcome) VALUES ('token:1', 'browse', 'ok')")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO audit_events (actor, action, outcome) VALUES ('token:1', 'nap', 'ok')")
+        conn.rollback()
         tables = {
             row[0]
             for row in conn.execute(
