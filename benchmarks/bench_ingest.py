@@ -2,7 +2,7 @@
 
 Ingest: `medsearch ingest` of NIH's label file for the 303 real 1024² PNGs of
 `../shared/data/nih_cxr14`, into a fresh stack started as `make run` starts it (the
-embedded Milvus server, the four services under honcho) in a temporary folder, with the
+embedded Milvus server, the four services under `make run`'s supervisor) in a temporary folder, with the
 command's defaults (batches through `POST /api/v1/images/batch`), then again one image per
 request into another fresh stack, for the batch path's gain. Every image goes the whole
 way: upload, catalog (sha256, full decode, thumbnail, PostgreSQL), embedder (decode,

@@ -1,8 +1,8 @@
 """`make bench-query`: upload → JSON results through MedSearch, against a naive peer, in one run.
 
 MedSearch runs as `make run` starts it (embedded PostgreSQL, the embedded Milvus server, the
-four services under honcho) with `random:42` weights and the 303 NIH images ingested. The
-naive peer (`naive_app.py`: one Flask process, temp file, `keras.utils.load_img`,
+four services under its supervisor) with `random:42` weights and the 303 NIH images ingested.
+The naive peer (`naive_app.py`: one Flask process, temp file, `keras.utils.load_img`,
 `model.predict` per request, Milvus Lite, one SQL lookup in an embedded PostgreSQL of its
 own) holds the same 303 images under the same model. Both are driven with the real 1024²
 PNGs at 1, 4 and 16 concurrent clients; the two are interleaved (their order alternates

@@ -142,7 +142,7 @@ def cpu_by_process() -> dict[str, float]:
 def program(argv: list[bytes]) -> str:
     words = [part.decode(errors="replace") for part in argv if part]
     for word in words:
-        for known in ("medsearch_", "naive_app", "bench_", "honcho", "chromium"):
+        for known in ("medsearch_", "naive_app", "bench_", "honcho", "run.py", "chromium"):
             if known in word:
                 return word.rsplit("/", 1)[-1]
     if words and "milvus" in words[0]:

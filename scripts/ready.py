@@ -6,8 +6,8 @@ default) when the catalog still takes it as an admin's, else a new one made thro
 catalog and written there (a new folder 0700, the file 0600, replaced at once). It waits
 until every service answers /readyz, prints the UI's sign-in link (the token in the URL's
 fragment, which a browser never sends to a server), ingests MEDSEARCH_SEED_DIR with that
-token when one is given (what is indexed already is skipped), then stays up: honcho stops
-everything when one of its processes ends.
+token when one is given (what is indexed already is skipped), then stays up. When it fails
+(exits non-zero), the supervisor stops everything: start-up failed.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class TokenSetupFailed(Exception):
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # honcho stopping everything
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the supervisor stopping everything
     urls = {name: f"http://127.0.0.1:{os.environ[f'MEDSEARCH_{name.upper()}_PORT']}" for name in SERVICES}
     catalog = os.environ.get("MEDSEARCH_CATALOG_URL") or urls["catalog"]
     token_file = default_token_file()

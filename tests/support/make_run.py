@@ -21,7 +21,7 @@ from medsearch_client.client import TOKEN_ENV, TOKEN_FILE_ENV
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_GUARD_S = 60.0
 SERVICES = ("gateway", "embedder", "search", "catalog")
-# What scripts/ready.py prints once everything is up (honcho puts its own prefix before it).
+# What scripts/ready.py prints once everything is up (the supervisor puts its own prefix before it).
 SIGN_IN_LINE = re.compile(r"ready: MedSearch is up: open (\S+)")
 
 
@@ -97,7 +97,7 @@ def make_run(data: Path, ports: dict[str, int], log: Path, **extra: str) -> Iter
 
 def stop_everything(process: subprocess.Popen[bytes]) -> None:
     """After a failed test: Ctrl-C first, so that the stores stop cleanly; then SIGKILL to every
-    process below it (honcho starts each service in a session of its own, out of our group)."""
+    process below it (the supervisor starts each service in a session of its own, out of our group)."""
     os.killpg(process.pid, signal.SIGINT)
     try:
         process.wait(timeout=STOP_GUARD_S)
@@ -120,7 +120,7 @@ def ctrl_c(process: subprocess.Popen[bytes], log: Path) -> None:
     assert code == 130, log.read_text()
     stops = log.read_text().split("sending SIGTERM")[-1]
     for name in SERVICES:
-        assert f"{name}.1 stopped (rc=0)" in stops, log.read_text()
+        assert f"{name} stopped (rc=0)" in stops, log.read_text()
 
 
 def descendants(pid: int, argv_part: str) -> list[int]:
