@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query bench-quality
+.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query bench-quality bench-soak
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ bench-query: install
 
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py
+
+bench-soak: install
+	$(BIN)/python benchmarks/bench_soak.py
 
 lint: install
 	$(BIN)/ruff check .
