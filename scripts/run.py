@@ -57,6 +57,8 @@ def main() -> int:
             )
     # The embedder's converted model lives with the rest of the data.
     env.setdefault("MEDSEARCH_EMBEDDER_CACHE_DIR", str(data / "embedder"))
+    # The catalog's pseudonym key (DICOM patient IDs) lives with the rest of the data.
+    env.setdefault("MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE", str(data / "catalog" / "pseudonym.key"))
     postgres = None
     milvus = None
     try:

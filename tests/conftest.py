@@ -41,6 +41,20 @@ def embedder_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["MEDSEARCH_EMBEDDER_CACHE_DIR"] = saved
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pseudonym_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE for every catalog the session starts as a process (as
+    a service, under make run): the catalog makes its key there, not in the repository's var/."""
+    path = tmp_path_factory.mktemp("catalog-key") / "pseudonym.key"
+    saved = os.environ.get("MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE")
+    os.environ["MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE", None)
+    else:
+        os.environ["MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE"] = saved
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """The default engine as `make run` starts it: a real Milvus server process (standalone,

@@ -22,11 +22,18 @@ from medsearch_catalog.app import create_app
 from medsearch_catalog.settings import CatalogSettings
 from tests.support.proxy import CuttableProxy
 
+# The site secret the catalog tests pseudonymise DICOM patient IDs with.
+PSEUDONYM_KEY = "catalog-tests-pseudonym-key-0123456789abcdef"
+
 
 @pytest.fixture(scope="session")
 def catalog_settings(database_url: str) -> CatalogSettings:
     return CatalogSettings.from_environ(
-        {"MEDSEARCH_DATABASE_URL": database_url, "MEDSEARCH_CATALOG_DB_TIMEOUT_S": "3"}
+        {
+            "MEDSEARCH_DATABASE_URL": database_url,
+            "MEDSEARCH_CATALOG_DB_TIMEOUT_S": "3",
+            "MEDSEARCH_CATALOG_PSEUDONYM_KEY": PSEUDONYM_KEY,
+        }
     )
 
 

@@ -23,6 +23,8 @@ from werkzeug.test import TestResponse
 
 from medsearch_catalog import images
 from medsearch_catalog.settings import CatalogSettings
+from medsearch_common.imaging import DecodeLimits
+from medsearch_common.imaging.raster import RasterFormat
 from medsearch_common.settings import SettingsError
 from tests.catalog.conftest import labelled_images, png, row_counts, upload, upload_batch
 from tests.catalog.test_database_outage import assert_database_unavailable, through, wait_until_ready
@@ -61,13 +63,13 @@ def xrays(test_data: Path) -> list[tuple[bytes, dict[str, Any]]]:
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The formats of the images decoded since the test began (the decoder, counted)."""
     calls: list[str] = []
-    decode = images.decode_image
+    decode = images.decode_raster
 
-    def counted(data: bytes, image_format: str, limits: images.ImageLimits) -> Image.Image:
+    def counted(data: bytes, image_format: RasterFormat, limits: DecodeLimits, **options: Any) -> Image.Image:
         calls.append(image_format)
-        return decode(data, image_format, limits)
+        return decode(data, image_format, limits, **options)
 
-    monkeypatch.setattr(images, "decode_image", counted)
+    monkeypatch.setattr(images, "decode_raster", counted)
     return calls
 
 
@@ -97,7 +99,7 @@ def test_mixed_batch_stores_the_good_images_and_refuses_each_bad_one(
         "",
         "image-rejected",
         "not-an-image",
-        "unsupported-image-format",
+        "unsupported-image",
         "invalid-metadata",
         "invalid-metadata",  # metadata is checked first, as for a single upload
         "",
@@ -588,17 +590,19 @@ def test_database_going_away_during_the_decode_gives_503_and_recovers(
     client = make_catalog_app(database_url=through(proxy, database_url), db_timeout_s=2.0).test_client()
     assert upload(client, png(30)).status_code == 201
     before = row_counts(database_url)
-    decode = images.decode_image
+    decode = images.decode_raster
 
-    def cut_then_decode(data: bytes, image_format: str, limits: images.ImageLimits) -> Image.Image:
+    def cut_then_decode(
+        data: bytes, image_format: RasterFormat, limits: DecodeLimits, **options: Any
+    ) -> Image.Image:
         proxy.cut()  # after the look-up, before the new images are stored
-        return decode(data, image_format, limits)
+        return decode(data, image_format, limits, **options)
 
-    monkeypatch.setattr(images, "decode_image", cut_then_decode)
+    monkeypatch.setattr(images, "decode_raster", cut_then_decode)
     assert_database_unavailable(upload_batch(client, [png(30), png(31), png(32)]))
     assert row_counts(database_url) == before
 
-    monkeypatch.setattr(images, "decode_image", decode)
+    monkeypatch.setattr(images, "decode_raster", decode)
     proxy.restore()
     wait_until_ready(client)
     items = upload_batch(client, [png(30), png(31), png(32)]).json["items"]  # type: ignore[index]

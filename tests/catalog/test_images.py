@@ -9,10 +9,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from medsearch_catalog.errors import NotAnImage, UnsupportedImageFormat, UploadTooLarge
-from medsearch_catalog.images import ImageLimits, check_image, displayable, sniff_format
+from medsearch_catalog.deidentify import Deidentifier
+from medsearch_catalog.errors import NotAnImage, UnsupportedImage, UploadTooLarge
+from medsearch_catalog.images import CheckedImage, ImageLimits, displayable
+from medsearch_catalog.images import check_image as check_with
+from medsearch_common.imaging import sniff_format
+from tests.catalog.conftest import PSEUDONYM_KEY
 
 LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=64_000_000, thumbnail_px=256)
+DEIDENTIFIER = Deidentifier(PSEUDONYM_KEY.encode())
+
+
+def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
+    return check_with(data, limits, DEIDENTIFIER)
 
 
 def saved(image: Image.Image, image_format: str, **options: object) -> bytes:
@@ -33,7 +42,7 @@ def test_every_shared_image_passes_with_its_real_size(test_data: Path) -> None:
 def test_format_is_judged_by_content_not_name() -> None:
     assert sniff_format(saved(Image.new("L", (8, 8)), "JPEG")) == "JPEG"
     assert sniff_format(saved(Image.new("L", (8, 8)), "PNG")) == "PNG"
-    with pytest.raises(UnsupportedImageFormat, match="TIFF"):
+    with pytest.raises(UnsupportedImage, match="TIFF"):
         sniff_format(saved(Image.new("L", (8, 8)), "TIFF"))
     with pytest.raises(NotAnImage):
         sniff_format(b"PK\x03\x04 a zip file")

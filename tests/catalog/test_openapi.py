@@ -11,6 +11,7 @@ import io
 import secrets
 from typing import Any
 
+import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -19,6 +20,7 @@ from PIL import Image
 from werkzeug.test import TestResponse
 
 from tests.catalog.conftest import png, row_counts, upload, upload_batch
+from tests.support.identified_dicoms import Patient, identified_dicom
 from tests.support.openapi import OpenApiDocument, app_routes
 
 OPENAPI = OpenApiDocument("medsearch_catalog")
@@ -453,3 +455,34 @@ def test_index_states_update_schema_agrees_with_the_code(
     response = catalog.put(STATES, json=body)
     assert (response.status_code == 200) is accepted
     check(response, STATES_PATH, "put")
+
+
+def test_dicom_answers(catalog: FlaskClient, make_catalog_app: Any, tmp_path: Any) -> None:
+    pixels = (np.arange(64 * 48, dtype=np.uint32) % 251).astype(np.uint8).reshape(48, 64)
+    made = identified_dicom(pixels, Patient("ZQXOPENAPI"))
+    created = upload(catalog, made.data, {"dataset": "dicom"})
+    assert created.status_code == 201
+    body = check(created, "/v1/images", "post")
+    assert body["mime_type"] == "application/dicom" and body["metadata"]["extra"] == {"modality": "DX"}
+    stored = catalog.get(f"/v1/images/{body['id']}/file")
+    assert stored.mimetype == "application/dicom"
+    check(stored, "/v1/images/{image_id}/file", "get")
+    refused = [
+        upload(catalog, identified_dicom(pixels, Patient("ZQXMR"), modality="MR").data),
+        upload(catalog, identified_dicom(pixels, Patient("ZQXBURNT"), burned_in="YES").data),
+        upload(catalog, identified_dicom(np.stack([pixels] * 2), Patient("ZQXFRAMES"), frames=2).data),
+    ]
+    for response in refused:
+        assert response.status_code == 422
+        check(response, "/v1/images", "post")
+    batch = upload_batch(catalog, [made.data, identified_dicom(pixels, Patient("ZQXMR"), modality="MR").data])
+    assert [i["status"] for i in check(batch, "/v1/images/batch", "post")["items"]] == [200, 422]
+    (tmp_path / "a-file").write_text("")
+    keyless = make_catalog_app(
+        pseudonym_key=None, pseudonym_key_file=tmp_path / "a-file" / "key"
+    ).test_client()
+    no_key = upload(keyless, made.data)
+    assert no_key.status_code == 503
+    assert check(no_key, "/v1/images", "post")["type"] == "urn:medsearch:problem:pseudonym-key-unavailable"
+    items = check(upload_batch(keyless, [made.data]), "/v1/images/batch", "post")["items"]
+    assert items[0]["status"] == 503

@@ -18,6 +18,7 @@ from medsearch_client.sources import (
     read_source,
     resolve_columns,
 )
+from tests.support.identified_dicoms import Patient, gray_of, identified_dicom
 
 NIH_IMAGES = 303
 HANNOVER_IMAGES = 104
@@ -127,6 +128,37 @@ def test_a_folder_without_labels_gives_every_image_in_it(test_data: Path, tmp_pa
     ]
     named = read_source(folder, SourceOptions(dataset="mine")).items
     assert {item.metadata["dataset"] for item in named} == {"mine"}
+
+
+def test_a_folder_gives_its_dicom_files_by_content_with_only_the_dataset(
+    test_data: Path, tmp_path: Path
+) -> None:
+    """`.dcm`, no extension, or named by UIDs (which pathlib takes for a suffix): DICOM by the
+    DICM marker. Their paths are not sent: a DICOM's folder and name may name the patient."""
+    folder = tmp_path / "SMITH_JOHN"
+    (folder / "study").mkdir(parents=True)
+    gray = gray_of(test_data / "nih_cxr14" / "images" / "00000075_000.png")[:64, :64]
+    dicom = identified_dicom(gray, Patient("ZQXSRC")).data
+    for name in ("a.dcm", "study/IM0001", "study/1.2.840.113619.2.55.3.604"):
+        (folder / name).write_bytes(dicom)
+    shutil.copy(test_data / "negatives" / "images" / "camera.png", folder / "camera.png")
+    (folder / "study" / "NOTES").write_bytes(b"\x00" * 200)  # no extension, not a DICOM
+    (folder / "study" / "DICOMDIR.txt").write_text("x" * 128 + "DICM")  # a text file that says DICM
+
+    items = read_source(folder, SourceOptions()).items
+
+    assert items == [
+        IngestItem(folder / "a.dcm", {"dataset": "SMITH_JOHN"}),
+        IngestItem(folder / "camera.png", {"dataset": "SMITH_JOHN", "external_id": "camera.png"}),
+        IngestItem(folder / "study" / "1.2.840.113619.2.55.3.604", {"dataset": "SMITH_JOHN"}),
+        IngestItem(folder / "study" / "DICOMDIR.txt", {"dataset": "SMITH_JOHN"}),
+        IngestItem(folder / "study" / "IM0001", {"dataset": "SMITH_JOHN"}),
+    ]
+    assert {
+        item.metadata["dataset"] for item in read_source(folder, SourceOptions(dataset="ward")).items
+    } == {"ward"}
+    with pytest.raises(SourceError, match="is an image: give its folder"):
+        read_source(folder / "study" / "IM0001", SourceOptions())
 
 
 def test_the_real_negatives_folder_gives_its_five_images(test_data: Path) -> None:

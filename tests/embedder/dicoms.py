@@ -20,6 +20,7 @@ def dicom(
     window: tuple[float, float] | None = None,
     frames: int = 1,
     syntax: UID = ExplicitVRLittleEndian,
+    modality: str = "DX",
 ) -> bytes:
     """A minimal single-image DICOM file (Part 10, with preamble) holding `pixels`."""
     meta = FileMetaDataset()
@@ -30,7 +31,7 @@ def dicom(
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
+    ds.Modality = modality
     ds.Rows, ds.Columns = pixels.shape[-2], pixels.shape[-1]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

@@ -229,9 +229,9 @@ def test_a_request_larger_than_the_limit_is_a_413(
 
 BAD_IMAGES: list[tuple[str, Callable[[bytes], bytes], int, str, tuple[str, ...]]] = [
     ("empty file", empty, 415, "not-an-image", ("the file is empty",)),
-    ("text", text, 415, "not-an-image", ("not an image this service reads", "PNG, JPEG or DICOM")),
-    ("GIF", gif, 415, "not-an-image", ("PNG, JPEG or DICOM",)),
-    ("PDF", pdf, 415, "not-an-image", ("PNG, JPEG or DICOM",)),
+    ("text", text, 415, "not-an-image", ("not an image", "not PNG, JPEG or DICOM")),
+    ("GIF", gif, 415, "unsupported-image", ("GIF images are not supported", "PNG, JPEG or DICOM")),
+    ("PDF", pdf, 415, "unsupported-image", ("PDF images are not supported", "PNG, JPEG or DICOM")),
     ("truncated PNG", truncated_png, 422, "image-rejected", ("PNG image is truncated",)),
     ("truncated JPEG", truncated_jpeg, 422, "image-rejected", ("JPEG image is truncated",)),
     ("multi-frame DICOM", multi_frame_dicom, 422, "multi-frame-image", ("2 frames", "one frame per image")),

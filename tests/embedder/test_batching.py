@@ -209,10 +209,10 @@ def test_a_batch_waits_for_the_images_a_request_is_still_preparing(make_batcher:
     decoding, decoded = threading.Event(), threading.Event()
 
     def slow_request() -> list[Future[NDArray[np.float32]]]:
-        with batcher.preparing():
+        with batcher.admitting(2) as admission:
             decoding.set()
             decoded.wait(HANG_GUARD_S)
-            return batcher.submit([image(2), image(3)])
+            return admission.submit([image(2), image(3)])
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         slow = pool.submit(slow_request)
@@ -377,3 +377,45 @@ def test_a_failing_batch_observer_does_not_stop_the_batcher() -> None:
             assert vector_value(batcher.submit([image(value)])[0]) == float(value)
     finally:
         batcher.close()
+
+
+def test_a_request_without_room_is_refused_before_it_decodes(make_batcher: BatcherFactory) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch=1, max_queue=3)
+    occupy(batcher, model)
+    queued = batcher.submit([image(1), image(2)])
+    decoded = []
+
+    with pytest.raises(Overloaded) as refused, batcher.admitting(2):
+        decoded.append("decoded")  # never reached: the queue has room for one
+
+    assert decoded == [] and "busy" in str(refused.value)
+    assert refused.value.problem_headers["Retry-After"] >= 1
+    model.release.set()
+    assert [vector_value(f) for f in queued] == [1.0, 2.0]
+
+
+def test_places_held_while_decoding_are_taken_from_the_others(make_batcher: BatcherFactory) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch=1, max_queue=3)
+    occupy(batcher, model)
+    with batcher.admitting(2) as admission:
+        with pytest.raises(Overloaded):
+            batcher.submit([image(1), image(2)])  # one place is left beside the two held
+        [other] = batcher.submit([image(3)])
+        mine = admission.submit([image(4)])  # one of its two images was rejected while decoding
+    # The place it did not use is free again.
+    [last] = batcher.submit([image(5)])
+    model.release.set()
+    assert [vector_value(f) for f in [other, *mine, last]] == [3.0, 4.0, 5.0]
+
+
+def test_places_held_by_a_request_that_failed_are_given_back(make_batcher: BatcherFactory) -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch=1, max_queue=2)
+    occupy(batcher, model)
+    with pytest.raises(ZeroDivisionError), batcher.admitting(2):
+        1 / 0  # noqa: B018 - a decoding that failed
+    queued = batcher.submit([image(1), image(2)])
+    model.release.set()
+    assert [vector_value(f) for f in queued] == [1.0, 2.0]

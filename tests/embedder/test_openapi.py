@@ -147,7 +147,8 @@ PROBLEM_CASES: list[tuple[str, dict[str, Any], Send, int, str]] = [
         413,
         "images-rejected",
     ),
-    ("not an image", {}, lambda c, x: post_images(c, [b"GIF89a" + bytes(40)]), 415, "not-an-image"),
+    ("not an image", {}, lambda c, x: post_images(c, [b"just some text"]), 415, "not-an-image"),
+    ("a GIF", {}, lambda c, x: post_images(c, [b"GIF89a" + bytes(40)]), 415, "unsupported-image"),
     (
         "DICOM without a decoder",
         {},
@@ -225,7 +226,8 @@ RENDER_CASES: list[tuple[str, dict[str, Any], Send, int, str]] = [
         413,
         "upload-too-large",
     ),
-    ("not an image", {}, lambda c, x: post_render(c, [b"GIF89a" + bytes(40)]), 415, "not-an-image"),
+    ("not an image", {}, lambda c, x: post_render(c, [b"just some text"]), 415, "not-an-image"),
+    ("a GIF", {}, lambda c, x: post_render(c, [b"GIF89a" + bytes(40)]), 415, "unsupported-image"),
     ("truncated", {}, lambda c, x: post_render(c, [x[2][:300]]), 422, "image-rejected"),
     (
         "too many pixels",

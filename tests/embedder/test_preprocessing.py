@@ -122,7 +122,8 @@ def test_dicom_compression_without_a_decoder_names_the_transfer_syntax(nih_gray:
     ("data", "error", "words"),
     [
         (b"", NotAnImage, "empty"),
-        (b"GIF89a....", NotAnImage, "PNG, JPEG or DICOM"),
+        (b"GIF89a....", UnsupportedImage, "GIF images are not supported; send PNG, JPEG or DICOM"),
+        (b"just text", NotAnImage, "not PNG, JPEG or DICOM"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, ImageRejected, "corrupt"),
         (b"\x00" * 128 + b"DICM" + b"\x00" * 20, ImageRejected, "DICOM"),
     ],

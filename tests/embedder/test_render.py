@@ -91,7 +91,7 @@ def test_a_dicom_renders_as_the_model_reads_it(client: FlaskClient, test_data: P
 @pytest.mark.parametrize(
     ("settings", "make", "status", "slug"),
     [
-        ({}, lambda x: b"GIF89a" + bytes(40), 415, "not-an-image"),
+        ({}, lambda x: b"GIF89a" + bytes(40), 415, "unsupported-image"),
         ({}, lambda x: b"just some text", 415, "not-an-image"),
         ({}, lambda x: dicom(gray_of(x)[:64, :64], syntax=JPEGLSLossless), 415, "unsupported-image"),
         ({}, lambda x: x[: len(x) // 2], 422, "image-rejected"),

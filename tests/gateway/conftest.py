@@ -44,6 +44,7 @@ class Stack:
     urls: dict[str, str]  # each service's own URL, behind its proxy
     logs: Path
     tokens: dict[str, str]  # an API token's secret per role, made through the catalog
+    catalog_database: str  # the catalog's PostgreSQL, for tests that must reach behind it
 
     @property
     def auth(self) -> dict[str, str]:
@@ -117,7 +118,14 @@ def stack(
         gateway_log = logs / "gateway.log"
         process, gateway = stack_of.enter_context(service_process("gateway", gateway_env, gateway_log))
         wait_ready(gateway, process, gateway_log, START_GUARD_S)
-        yield Stack(gateway, proxies, urls, logs, make_tokens(urls["catalog"]))
+        yield Stack(
+            gateway,
+            proxies,
+            urls,
+            logs,
+            make_tokens(urls["catalog"]),
+            envs["catalog"]["MEDSEARCH_DATABASE_URL"],
+        )
 
 
 @pytest.fixture

@@ -70,7 +70,13 @@ def test_a_mixed_batch_indexes_the_good_images_and_says_what_is_wrong_with_each(
         (new[:-30] + b"\x00" * 30, {"dataset": "batch"}, 422, "image-rejected"),  # corrupt
         (fresh_png(), {"dataset": "batch", "age": 300}, 422, "image-rejected"),  # bad metadata
         (too_big.getvalue(), {"dataset": "batch"}, 422, "stored-but-rejected"),  # the model refuses it
-        (dicom(np.zeros((32, 32), dtype=np.uint8)), {"dataset": "batch"}, 415, "unsupported-upload"),
+        # A DICOM the catalog does not keep: not a radiograph.
+        (
+            dicom(np.zeros((32, 32), dtype=np.uint8), modality="MR"),
+            {"dataset": "batch"},
+            422,
+            "image-rejected",
+        ),
         (b"", {"dataset": "batch"}, 400, "invalid-request"),
         (b"%PDF-1.7 not an image", {"dataset": "batch"}, 415, "unsupported-upload"),
     ]

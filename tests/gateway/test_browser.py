@@ -25,6 +25,7 @@ from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tests.conftest import REPO_ROOT
 from tests.gateway.conftest import HTTP_TIMEOUT_S, Indexed, Stack
+from tests.support.identified_dicoms import Patient, gray_of, identified_dicom
 
 pytestmark = pytest.mark.integration
 
@@ -311,6 +312,32 @@ def test_adding_an_image_through_the_form(page: Page, stack: Stack) -> None:
     assert record["metadata"]["findings"] == ["Effusion", "Mass"] and record["metadata"]["age"] == 51
     assert record["index_state"] == "indexed"
     requests.delete(f"{stack.gateway}/api/v1/images/{image_id}", headers=stack.auth, timeout=HTTP_TIMEOUT_S)
+
+
+def test_a_dicom_added_through_the_form_shows_rendered_in_the_image_view(
+    page: Page, stack: Stack, indexed: list[Indexed]
+) -> None:
+    """Browsers cannot draw DICOM: the stored (de-identified) file is shown rendered to a PNG."""
+    made = identified_dicom(gray_of(indexed[20].path), Patient("ZQXUI", age="058Y"))
+    page.goto(f"{stack.gateway}/#/add")
+    page.set_input_files("#add-file", files=[{"name": "IM0001", "mimeType": "", "buffer": made.data}])
+    page.fill("#add-dataset", "ui-dicom")
+    page.click("#add-button")
+    expect(page.locator("#add-result")).to_contain_text("Added image")
+    image_id = int(page.locator("#add-result a").get_attribute("href").rsplit("/", 1)[-1])  # type: ignore[union-attr]
+    try:
+        page.click("#add-result a")
+        expect(page.locator("#view-image")).to_be_visible()
+        page.wait_for_function(
+            "() => { const i = document.querySelector('#full-image');"
+            " return i.src.startsWith('blob:') && i.complete && i.naturalWidth === 1024; }"
+        )
+        expect(page.locator("#metadata")).to_contain_text("application/dicom")
+        expect(page.locator("#metadata")).to_contain_text("58")
+    finally:
+        requests.delete(
+            f"{stack.gateway}/api/v1/images/{image_id}", headers=stack.auth, timeout=HTTP_TIMEOUT_S
+        )
 
 
 def test_keyboard_reaches_the_upload_and_the_page_fits_a_phone(page: Page, stack: Stack) -> None:

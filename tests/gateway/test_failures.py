@@ -24,6 +24,7 @@ from medsearch_gateway.app import create_app
 from medsearch_gateway.settings import GatewaySettings, Upstream
 from tests.embedder.dicoms import dicom
 from tests.gateway.conftest import HTTP_TIMEOUT_S, Indexed, Stack, ingest, search
+from tests.gateway.test_batch import image_count
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +147,9 @@ def test_an_image_the_model_refuses_is_stored_marked_failed_and_named(
     )
 
 
-def test_a_dicom_can_be_searched_and_previewed_but_not_added(stack: Stack, indexed: list[Indexed]) -> None:
+def test_a_dicom_can_be_searched_and_previewed_and_one_not_a_radiograph_is_not_added(
+    stack: Stack, indexed: list[Indexed]
+) -> None:
     item = indexed[0]
     with Image.open(item.path) as image:
         pixels = np.asarray(image.convert("L"), dtype=np.uint8)
@@ -159,14 +162,16 @@ def test_a_dicom_can_be_searched_and_previewed_but_not_added(stack: Stack, index
     assert preview.status_code == 200 and preview.headers["Content-Type"] == "image/png"
     with Image.open(io.BytesIO(preview.content)) as rendered:
         assert max(rendered.size) <= 1024
+    before = image_count(stack)
     added = requests.post(
         f"{stack.gateway}/api/v1/images",
-        files={"image": ("q.dcm", data)},
+        files={"image": ("q.dcm", dicom(pixels, modality="MR"))},
         data={"metadata": json.dumps({"dataset": "dicom"})},
         headers=stack.auth,
         timeout=60,
     )
-    assert "DICOM" in problem(added, 415)["detail"]
+    assert "modality MR" in problem(added, 422)["detail"]
+    assert image_count(stack) == before
 
 
 @pytest.mark.parametrize(

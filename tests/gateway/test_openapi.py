@@ -300,9 +300,9 @@ def test_add_refusals(gateway: FlaskClient, indexed: list[Indexed]) -> None:
     assert "metadata" in problem(no_metadata, IMAGES, "post", 400, "invalid-request")["detail"]
     bad_age = post_upload(gateway, IMAGES, fresh_png(), metadata=json.dumps({"dataset": "x", "age": 300}))
     assert "age" in problem(bad_age, IMAGES, "post", 422, "image-rejected")["detail"]
-    a_dicom = dicom(np.zeros((32, 32), dtype=np.uint8))
-    added = post_upload(gateway, IMAGES, a_dicom, metadata=json.dumps({"dataset": "x"}))
-    assert "DICOM" in problem(added, IMAGES, "post", 415, "unsupported-upload")["detail"]
+    an_mr = dicom(np.zeros((32, 32), dtype=np.uint8), modality="MR")
+    added = post_upload(gateway, IMAGES, an_mr, metadata=json.dumps({"dataset": "x"}))
+    assert "modality MR" in problem(added, IMAGES, "post", 422, "image-rejected")["detail"]
     assert check(gateway.get(STATS), STATS, "get")["images"] == before
 
 

@@ -309,18 +309,18 @@ UPSERT_CASES: list[tuple[str, Any, int, str, bool]] = [
         "NUL in patient_id",
         with_attributes(patient_id="p\x001"),
         400,
-        "patient_id contains control characters",
+        "patient_id contains a control character",
         False,
     ),
     (
         "newline in dataset",
         with_attributes(dataset="a\nb"),
         400,
-        "dataset contains control characters",
+        "dataset contains a control character",
         False,
     ),
-    ("DEL in a finding", with_attributes(findings=["Ma\x7fss"]), 400, "contains control characters", False),
-    ("escape in view_position", with_attributes(view_position="P\x1bA"), 400, "control characters", False),
+    ("DEL in a finding", with_attributes(findings=["Ma\x7fss"]), 400, "contains a control character", False),
+    ("escape in view_position", with_attributes(view_position="P\x1bA"), 400, "control character", False),
 ]
 
 
@@ -584,7 +584,7 @@ SEARCH_CASES: list[tuple[str, Any, int, str]] = [
                 f"findings.{key} item with NUL",
                 filtered(findings={key: ["M\x00"]}),
                 400,
-                "contains control characters",
+                "contains a control character",
             ),
         ]
     ),

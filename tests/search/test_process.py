@@ -183,13 +183,14 @@ def test_a_second_process_on_a_locked_lite_folder_is_not_ready_until_the_first_s
             assert ready.status_code == 503
             assert ready.headers["Content-Type"] == "application/problem+json"
             reason = ready.json()["checks"]["milvus"]
-            assert "Milvus" in reason and lite_uri in reason, reason
+            assert "Milvus" in reason and lite_uri not in reason, reason  # the path is for the log
             refused = requests.put(
                 f"{second_base}/v1/models/{MODEL_ID}/vectors", json={"items": stored}, timeout=HTTP_TIMEOUT_S
             )
             assert refused.status_code == 503
             assert "Milvus" in refused.json()["detail"]
-            assert "lock" in second_log.read_text()  # the log says why: another process holds the folder
+            # The log says why (another process holds the folder) and where.
+            assert "lock" in second_log.read_text() and lite_uri in second_log.read_text()
 
             # The first process keeps its folder and its data.
             assert hit_ids(first_base, stored[1]["vector"])[0] == 2

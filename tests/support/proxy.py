@@ -1,14 +1,26 @@
-"""A TCP proxy a test can cut and restore, to take a real server away from a service and back."""
+"""A TCP proxy a test can cut, slow down and restore, to take a real server away from a service
+and back, or make it answer late."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
+import time
+from collections import Counter
+
+# The request line at the start of what a client sends: "POST /v1/embeddings?x=1 HTTP/1.1".
+_REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[^ ?]*)[^ ]* HTTP/1\.[01]\r\n")
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:`port` to `target`; `cut()` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:`port` to `target`; `cut()` drops every connection and refuses new ones.
+
+    `delay(s)` holds each piece of the server's answers for `s` seconds before passing it on:
+    the server does the work at once, its answer comes late. `requests` counts the HTTP requests
+    that went through, by "METHOD /path" (a request line at the start of what a client sent).
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -19,6 +31,17 @@ class CuttableProxy:
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._delay_s = 0.0
+        self.requests: Counter[str] = Counter()
+
+    def delay(self, seconds: float) -> None:
+        """Hold every later piece of an answer this long (0: pass answers on at once)."""
+        self._delay_s = seconds
+
+    def count(self, request: str) -> int:
+        """How many requests "METHOD /path" went through."""
+        with self._lock:
+            return self.requests[request]
 
     def restore(self) -> None:
         """Listen again; nothing to do when it already does."""
@@ -63,12 +86,17 @@ class CuttableProxy:
                     upstream.close()
                     return
                 self._open |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
         try:
             while chunk := source.recv(65536):
+                if answers and self._delay_s:
+                    time.sleep(self._delay_s)
+                elif not answers and (line := _REQUEST_LINE.match(chunk)):
+                    with self._lock:
+                        self.requests[f"{line[1].decode()} {line[2].decode()}"] += 1
                 sink.sendall(chunk)
         except OSError:
             pass

@@ -752,7 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="add and index the images of a folder or a labels CSV",
         description=(
             "Add and index images. SOURCE is a folder (its labels.csv if it has one, else every "
-            "*.png/*.jpg/*.jpeg under it) or a CSV: NIH ChestX-ray14's Data_Entry_2017*.csv, or a "
+            "*.png/*.jpg/*.jpeg and every DICOM file, by content, under it; a DICOM is de-identified "
+            "by the catalog and its header gives its metadata) or a CSV: NIH ChestX-ray14's "
+            "Data_Entry_2017*.csv, or a "
             "generic CSV with a path column and columns named like the metadata fields "
             "(dataset, external_id/image_id, patient_id, study/follow_up, age, sex, view_position, "
             "findings/finding). Images already indexed are skipped, so running it again resumes."

@@ -1,5 +1,10 @@
 """What to ingest: a folder of images or a labels CSV read into (file, metadata) items.
 
+A folder gives its PNG and JPEG files by name and its DICOM files by content (the `DICM` marker
+after the 128-byte preamble: `.dcm`, no extension, or a name made of UIDs); the catalog takes a
+DICOM's patient, age, sex and view position from its header, de-identified, so only the
+dataset is sent with it, never its path, which may name the patient.
+
 Two CSV formats: NIH ChestX-ray14's own `Data_Entry_2017*.csv`, recognised by its header,
 and a generic one with a path column and columns named like the metadata fields (or mapped
 to them with `column=field`). Everything is checked before anything is sent: a CSV that
@@ -23,6 +28,9 @@ Format = Literal["auto", "nih", "generic"]
 FORMATS: tuple[Format, ...] = ("auto", "nih", "generic")
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+# A DICOM Part 10 file: a 128-byte preamble, then these four bytes.
+DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 LABELS_FILE = "labels.csv"
 DEFAULT_PATH_COLUMN = "path"
 FIELDS = ("dataset", "external_id", "patient_id", "study", "age", "sex", "view_position", "findings")
@@ -92,14 +100,15 @@ def read_source(target: Path, options: SourceOptions) -> Source:
             return read_csv(target / LABELS_FILE, options)
         return read_folder(target, options)
     if target.is_file():
-        if target.suffix.lower() in IMAGE_SUFFIXES:
+        if target.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES or is_dicom_file(target):
             raise SourceError(f"{target} is an image: give its folder, or a labels CSV that names it")
         return read_csv(target, options)
     raise SourceError(f"{target} is neither a folder nor a file")
 
 
 def read_folder(folder: Path, options: SourceOptions) -> Source:
-    """Every PNG and JPEG under `folder`, named by its path inside it; dataset: the folder's name."""
+    """Every PNG, JPEG and DICOM under `folder`; dataset: the folder's name. A PNG or JPEG is named
+    by its path inside the folder; a DICOM's metadata comes from its header."""
     unused = [
         name
         for name, given in (
@@ -114,11 +123,16 @@ def read_folder(folder: Path, options: SourceOptions) -> Source:
         raise SourceError(f"{', '.join(unused)} apply to a CSV, and {folder} has no {LABELS_FILE}")
     dataset = options.dataset or _folder_name(folder)
     items = [
-        IngestItem(path, {"dataset": dataset, "external_id": path.relative_to(folder).as_posix()})
-        for path in _image_files(folder)
+        IngestItem(
+            path,
+            {"dataset": dataset}
+            if dicom
+            else {"dataset": dataset, "external_id": path.relative_to(folder).as_posix()},
+        )
+        for path, dicom in _image_files(folder)
     ]
     if not items:
-        raise SourceError(f"{folder} holds no image (*.png, *.jpg, *.jpeg) and no {LABELS_FILE}")
+        raise SourceError(f"{folder} holds no image (*.png, *.jpg, *.jpeg, DICOM) and no {LABELS_FILE}")
     return Source(items)
 
 
@@ -341,16 +355,29 @@ def _check_files(csv_path: Path, numbered: list[tuple[int, IngestItem]], skip_mi
     return Source(present, [item.path for _, item in missing])
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """PNG and JPEG files under `folder`, sorted; hidden files and folders (such as macOS's
-    `._name.png` companions) are left out."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+def _image_files(folder: Path) -> list[tuple[Path, bool]]:
+    """The images under `folder`, sorted, each with whether it is a DICOM: PNG and JPEG files by
+    name, DICOM files by content. Hidden files and folders (such as macOS's `._name.png`
+    companions) are left out."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            found.append((path, False))
+        elif is_dicom_file(path):
+            found.append((path, True))
+    return found
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file, by its content: `DICM` after the 128-byte preamble."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))
+    except OSError:
+        return False
+    return head[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
 
 
 def _folder_name(folder: Path) -> str:

@@ -1,12 +1,17 @@
 """The one HTTP client for service-to-service calls.
 
 Timeouts on connect and read; bounded retries with exponential backoff, for idempotent
-calls only; the current request ID forwarded; every failure turned into a typed error.
+calls only, and only when the call surely did not run (no connection was made) or the service
+said 503 (come back later); the current request ID forwarded; every failure turned into a
+typed error. A call whose answer timed out, or came back 502/504, is never sent again: the
+work may still be running (an embedding behind a busy queue), and the gateway's callers (the
+`medsearch` CLI) are the one layer that retries those.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,23 +19,27 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
 from medsearch_common.context import REQUEST_ID_HEADER, current_request_id
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-# Statuses that say "try again later" rather than "your request is wrong".
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# The one status that says "not done; come back later". A 502 or 504 may come after the work
+# ran (or while it still runs): sending it again could double it.
+RETRYABLE_STATUSES = frozenset({503})
+# A dependency's name as a service reports it (milvus, postgresql, model): never an address.
+_PLAIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class UpstreamError(Exception):
     """A call to another service failed; `service` names it."""
 
-    def __init__(self, service: str, detail: str) -> None:
+    def __init__(self, service: str, detail: str, *, upstream_detail: str | None = None) -> None:
         super().__init__(detail)
         self.service = service
+        self.upstream_detail = upstream_detail  # what the service itself said: for logs only
 
     @property
     def problem_extensions(self) -> dict[str, str]:
@@ -39,7 +48,19 @@ class UpstreamError(Exception):
 
 
 class UpstreamUnavailable(UpstreamError):
-    """The service could not be reached, or said it is unavailable (503)."""
+    """The service could not be reached, or said it is unavailable (503); `retry_after_s`, when
+    it said how long to wait, is passed on to this service's own caller as Retry-After."""
+
+    def __init__(
+        self,
+        service: str,
+        detail: str,
+        *,
+        upstream_detail: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(service, detail, upstream_detail=upstream_detail)
+        self.problem_headers = {"Retry-After": retry_after_s} if retry_after_s is not None else {}
 
 
 class UpstreamTimeout(UpstreamError):
@@ -112,11 +133,13 @@ class ServiceClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         read_timeout_s: float | None = None,
+        connect_timeout_s: float | None = None,
         stream: bool = False,
     ) -> requests.Response:
         """Send the request; a 2xx/3xx response is returned, anything else raises.
 
-        `idempotent` overrides the method's default (e.g. a POST that only reads). With
+        `idempotent` overrides the method's default (e.g. a POST that only reads); either way a
+        call is sent again only when it surely did not run. With
         `stream` the body is read as the caller iterates it (and must be, or the response closed).
         Retried calls must pass `files` as bytes, not streams, so they can be sent again.
         """
@@ -127,13 +150,14 @@ class ServiceClient:
         request_id = current_request_id()
         if request_id:
             send_headers[REQUEST_ID_HEADER] = request_id
-        timeout = (self.connect_timeout_s, read_timeout_s or self.read_timeout_s)
+        timeout = (connect_timeout_s or self.connect_timeout_s, read_timeout_s or self.read_timeout_s)
         url = f"{self.base_url}/{path.lstrip('/')}"
 
         error: UpstreamError | None = None
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 time.sleep(self.retry.delay(attempt - 1))
+            send_again = False  # only when the service surely did not run it: no connection, or a 503
             try:
                 response = self._session.request(
                     method,
@@ -147,6 +171,7 @@ class ServiceClient:
                     stream=stream,
                 )
             except requests.ConnectTimeout:
+                send_again = True
                 error = UpstreamUnavailable(
                     self.service, f"{self.service} did not accept a connection in time"
                 )
@@ -156,6 +181,7 @@ class ServiceClient:
                         self.service, f"{self.service} did not answer within {timeout[1]} s"
                     )
                 else:
+                    send_again = _never_connected(exc)
                     # The address stays in the log: the gateway shows this detail to the public.
                     error = UpstreamUnavailable(self.service, f"{self.service} is unreachable")
             except requests.RequestException as exc:
@@ -167,8 +193,9 @@ class ServiceClient:
                 if response.status_code < 400:
                     return response
                 error = self._error_from(response)
-                if response.status_code not in RETRYABLE_STATUSES:
-                    raise error
+                if response.status_code < 500:
+                    raise error  # the request's own fault: no retry, no warning
+                send_again = response.status_code in RETRYABLE_STATUSES
             log.warning(
                 "upstream call failed",
                 extra={
@@ -177,8 +204,12 @@ class ServiceClient:
                     "method": method,
                     "attempt": attempt,
                     "error": str(error),
+                    # Its own words, for the log only: they may name its hosts.
+                    "upstream_detail": error.upstream_detail,
                 },
             )
+            if not send_again:
+                break
         assert error is not None
         raise error
 
@@ -191,16 +222,49 @@ class ServiceClient:
         self._session.close()
 
     def _error_from(self, response: requests.Response) -> UpstreamError:
+        """The error for an answer of 400 or more. A server error's own detail is never
+        passed on (it may name hosts, URIs or ports behind the service): only which of the
+        service's dependencies failed, when it says so, and its words go to the log."""
         problem = _problem_of(response)
         status = response.status_code
-        detail = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+        if status < 500:
+            return UpstreamRejected(self.service, status, problem)
+        own_words = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+        failing = _failing_dependencies(problem)
+        because = f" ({', '.join(failing)} not ready)" if failing else ""
         if status == 503:
-            return UpstreamUnavailable(self.service, f"{self.service} is unavailable: {detail}")
+            detail = f"{self.service} is unavailable{because}"
+            wait = response.headers.get("Retry-After", "").strip()
+            retry_after_s = int(wait) if wait.isdigit() and len(wait) <= 4 else None
+            return UpstreamUnavailable(
+                self.service, detail, upstream_detail=own_words, retry_after_s=retry_after_s
+            )
         if status == 504:
-            return UpstreamTimeout(self.service, f"{self.service} timed out: {detail}")
-        if status >= 500:
-            return UpstreamFailed(self.service, f"{self.service} failed with HTTP {status}: {detail}")
-        return UpstreamRejected(self.service, status, problem)
+            detail = f"{self.service} timed out{because}"
+            return UpstreamTimeout(self.service, detail, upstream_detail=own_words)
+        detail = f"{self.service} failed with HTTP {status}{because}"
+        return UpstreamFailed(self.service, detail, upstream_detail=own_words)
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """Whether the connection itself failed (refused, no such host): the request was never sent.
+    A connection dropped later (reset, closed mid-answer) may have carried it."""
+    return any(
+        isinstance(arg, MaxRetryError) and isinstance(arg.reason, NewConnectionError) for arg in exc.args
+    )
+
+
+def _failing_dependencies(problem: dict[str, Any]) -> list[str]:
+    """The dependencies a service's problem names as failing (its `dependency`, or the checks of
+    its /readyz that are not ok), when they are plain names: nothing else of its text is kept."""
+    names: list[str] = []
+    dependency = problem.get("dependency")
+    if isinstance(dependency, str):
+        names.append(dependency)
+    checks = problem.get("checks")
+    if isinstance(checks, dict):
+        names += [str(name) for name, state in checks.items() if state != "ok"]
+    return [name for name in dict.fromkeys(names) if _PLAIN_NAME.fullmatch(name)]
 
 
 def _is_read_timeout(exc: requests.ConnectionError) -> bool:

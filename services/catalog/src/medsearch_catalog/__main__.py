@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(create_token(settings, args.name, args.role))
     # Threads, one process: the work is PostgreSQL I/O and Pillow, which release the GIL,
     # and one process keeps /metrics whole. Scale out with more replicas.
-    serve("catalog", _load_app, settings.binding, workers=1, threads=8)
+    serve("catalog", _load_app, settings.binding, workers=1, threads=settings.threads)
 
 
 def create_token(settings: CatalogSettings, name: str, role: str) -> int:

@@ -14,6 +14,7 @@ from werkzeug.datastructures import FileStorage
 from medsearch_catalog.audit import DEFAULT_PAGE_SIZE as AUDIT_DEFAULT_PAGE_SIZE
 from medsearch_catalog.audit import MAX_PAGE_SIZE as AUDIT_MAX_PAGE_SIZE
 from medsearch_catalog.audit import AuditRecord, AuditTrail, event_from_json
+from medsearch_catalog.deidentify import Deidentifier
 from medsearch_catalog.errors import (
     BatchTooLarge,
     InvalidAuditEvent,
@@ -89,6 +90,7 @@ class CatalogContext:
     repository: ImageRepository
     limits: ImageLimits
     decode_pool: Executor
+    deidentifier: Deidentifier
     identity: IdentityStore
     audit: AuditTrail
 
@@ -100,7 +102,9 @@ def _context() -> CatalogContext:
 
 def _ingest(uploads: list[ImageUpload]) -> list[IngestOutcome]:
     context = _context()
-    return ingest_images(context.repository, context.limits, uploads, map_decode=context.decode_pool.map)
+    return ingest_images(
+        context.repository, context.limits, uploads, context.deidentifier, map_decode=context.decode_pool.map
+    )
 
 
 @blueprint.post("/images")

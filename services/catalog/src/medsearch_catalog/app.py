@@ -10,9 +10,11 @@ from psycopg_pool import ConnectionPool
 
 from medsearch_catalog.api import CATALOG_EXTENSION, CatalogContext, blueprint
 from medsearch_catalog.audit import AuditTrail
+from medsearch_catalog.deidentify import Deidentifier
 from medsearch_catalog.errors import ERROR_STATUSES
 from medsearch_catalog.identity import IdentityStore
 from medsearch_catalog.images import ImageLimits
+from medsearch_catalog.pseudonym_key import load_pseudonym_key
 from medsearch_catalog.repository import ImageRepository
 from medsearch_catalog.settings import CatalogSettings
 from medsearch_common.httpapp import create_service_app
@@ -44,6 +46,16 @@ def create_pool(settings: CatalogSettings) -> ConnectionPool:
     return pool
 
 
+def create_deidentifier(settings: CatalogSettings) -> Deidentifier:
+    key, problem = load_pseudonym_key(settings.pseudonym_key, settings.pseudonym_key_file)
+    return Deidentifier(
+        key,
+        modalities=settings.dicom_modalities,
+        allow_burned_in_annotation=settings.allow_burned_in_annotation,
+        key_problem=problem,
+    )
+
+
 def create_app(settings: CatalogSettings, pool: ConnectionPool | None = None) -> Flask:
     pool = pool or create_pool(settings)
     repository = ImageRepository(pool, connection_timeout_s=settings.db_timeout_s)
@@ -63,6 +75,7 @@ def create_app(settings: CatalogSettings, pool: ConnectionPool | None = None) ->
             thumbnail_px=settings.thumbnail_px,
         ),
         decode_pool=decode_pool,
+        deidentifier=create_deidentifier(settings),
         identity=IdentityStore(repository),
         audit=AuditTrail(repository),
     )

@@ -1,27 +1,54 @@
 """What can go wrong in the catalog, in the domain's words, and the HTTP status of each."""
 
+from medsearch_common.imaging import (
+    IMAGE_ERROR_STATUSES,
+    ImageRejected,
+    MultiFrameImage,
+    NotAnImage,
+    TooManyPixels,
+    UnsupportedImage,
+    UploadTooLarge,
+)
+from medsearch_common.validation import Invalid
 
-class ImageRejected(Exception):
-    """The upload is not an image the catalog can keep (422 by default)."""
+# What an upload can be refused for is libs/common's, as the embedder's is.
+__all__ = [
+    "BatchTooLarge",
+    "BurnedInAnnotation",
+    "DatabaseUnavailable",
+    "ImageNotFound",
+    "ImageRejected",
+    "InvalidAuditEvent",
+    "InvalidCredentials",
+    "InvalidIdentityRequest",
+    "InvalidIndexState",
+    "InvalidMetadata",
+    "MalformedRequest",
+    "MultiFrameImage",
+    "NotAnImage",
+    "PseudonymKeyUnavailable",
+    "TokenNotFound",
+    "TooManyPixels",
+    "UnsupportedImage",
+    "UnsupportedModality",
+    "UploadTooLarge",
+]
 
 
-class NotAnImage(ImageRejected):
-    """The bytes are not a recognizable image (415)."""
+class UnsupportedModality(ImageRejected):
+    """A DICOM of a modality the catalog does not keep: it keeps radiographs (422)."""
 
 
-class UnsupportedImageFormat(ImageRejected):
-    """A recognizable image in a format the catalog does not keep (415)."""
+class BurnedInAnnotation(ImageRejected):
+    """A DICOM whose pixels carry burned-in text (BurnedInAnnotation YES), which de-identifying the
+    header cannot remove; refused unless the operator allows it (422)."""
 
 
-class UploadTooLarge(ImageRejected):
-    """More bytes than the configured limit (413)."""
+class PseudonymKeyUnavailable(Exception):
+    """DICOM ingest needs the site's pseudonym key, and none could be read or made (503)."""
 
 
-class TooManyPixels(ImageRejected):
-    """More pixels than the configured limit: a possible decompression bomb (422)."""
-
-
-class InvalidMetadata(Exception):
+class InvalidMetadata(Invalid):
     """Metadata is malformed, has unknown fields, wrong types or values out of range (422)."""
 
 
@@ -64,11 +91,10 @@ class DatabaseUnavailable(Exception):
 
 # The HTTP status of each error; a subclass not listed takes its nearest listed parent's.
 ERROR_STATUSES: dict[type[Exception], int] = {
-    ImageRejected: 422,
-    NotAnImage: 415,
-    UnsupportedImageFormat: 415,
-    UploadTooLarge: 413,
-    TooManyPixels: 422,
+    **IMAGE_ERROR_STATUSES,
+    UnsupportedModality: 422,
+    BurnedInAnnotation: 422,
+    PseudonymKeyUnavailable: 503,
     InvalidMetadata: 422,
     InvalidIndexState: 422,
     MalformedRequest: 400,

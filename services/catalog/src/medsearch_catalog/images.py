@@ -1,44 +1,31 @@
-"""Checking an uploaded image by its content, and making its thumbnail."""
+"""Checking an uploaded image by its content, and making its thumbnail.
+
+The bytes are read by libs/common's `medsearch_common.imaging`, as the embedder reads them. A
+DICOM upload is de-identified first: what is checked, hashed, decoded and stored is the
+de-identified file, never the upload itself.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 from dataclasses import dataclass
-from typing import cast
 
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import Image, features
 
-from medsearch_catalog.errors import (
-    ImageRejected,
-    NotAnImage,
-    TooManyPixels,
-    UnsupportedImageFormat,
-    UploadTooLarge,
+from medsearch_catalog.deidentify import Deidentifier, DicomFacts
+from medsearch_common.imaging import (
+    MIME_TYPES,
+    DecodeLimits,
+    ImageFormat,
+    check_size,
+    decode_raster,
+    dicom_grayscale,
+    read_dicom,
+    sniff_format,
+    to_gray8,
 )
-
-# Our own limit, read from the header before any decoding, replaces Pillow's process-wide one,
-# whose hard stop ignores the configured limit and whose warning filter is not thread-safe.
-Image.MAX_IMAGE_PIXELS = None
-
-# Formats the catalog keeps, by the name Pillow gives them.
-SUPPORTED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
-
-# Leading bytes of formats we recognize but do not keep, so that the error can name them.
-_OTHER_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"GIF87a", "GIF"),
-    (0, b"GIF89a", "GIF"),
-    (0, b"BM", "BMP"),
-    (0, b"II*\x00", "TIFF"),
-    (0, b"MM\x00*", "TIFF"),
-    (8, b"WEBP", "WebP"),
-    (128, b"DICM", "DICOM"),
-    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (4, b"ftypavif", "AVIF"),
-    (4, b"ftypheic", "HEIC"),
-    (0, b"%PDF", "PDF"),
-)
+from medsearch_common.imaging.raster import HIGH_DEPTH_MODES
 
 
 @dataclass(frozen=True)
@@ -47,13 +34,20 @@ class ImageLimits:
     max_pixels: int
     thumbnail_px: int
 
+    @property
+    def decode(self) -> DecodeLimits:
+        return DecodeLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
 
 @dataclass(frozen=True)
 class ScreenedImage:
-    """Bytes sent as an image, within the size limit, not decoded yet."""
+    """What will be stored of an upload, within the size limit, not decoded yet: the bytes as
+    sent, or for a DICOM the de-identified file and what its header says."""
 
     data: bytes
     sha256: str
+    image_format: ImageFormat
+    dicom: DicomFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -69,42 +63,35 @@ class CheckedImage:
     thumbnail_mime: str
 
 
-def sniff_format(data: bytes) -> str:
-    """The supported format the bytes start with; otherwise an error naming what they are."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    for offset, signature, name in _OTHER_SIGNATURES:
-        if data[offset : offset + len(signature)] == signature:
-            raise UnsupportedImageFormat(f"{name} images are not supported; upload PNG or JPEG")
-    raise NotAnImage("the file is not an image: its content is neither PNG nor JPEG")
+def screen_upload(data: bytes, limits: ImageLimits, deidentifier: Deidentifier) -> ScreenedImage:
+    """The checks that need no pixel decoding, a DICOM de-identified, and the sha256 of what
+    would be stored, which says whether it is stored already."""
+    check_size(data, limits.decode)
+    image_format = sniff_format(data)
+    facts = None
+    if image_format == "DICOM":
+        deidentified = deidentifier.deidentify(data, limits.decode)
+        data, facts = deidentified.data, deidentified.facts
+    return ScreenedImage(data, hashlib.sha256(data).hexdigest(), image_format, facts)
 
 
-def screen_upload(data: bytes, limits: ImageLimits) -> ScreenedImage:
-    """The checks that need no decoding, and the sha256 that says whether the bytes are stored."""
-    if not data:
-        raise NotAnImage("the file is empty")
-    if len(data) > limits.max_bytes:
-        raise UploadTooLarge(f"the file is {len(data)} bytes; the limit is {limits.max_bytes}")
-    return ScreenedImage(data=data, sha256=hashlib.sha256(data).hexdigest())
-
-
-def check_image(data: bytes, limits: ImageLimits) -> CheckedImage:
+def check_image(data: bytes, limits: ImageLimits, deidentifier: Deidentifier) -> CheckedImage:
     """Decode the whole image within the limits and make its thumbnail."""
-    return check_screened(screen_upload(data, limits), limits)
+    return check_screened(screen_upload(data, limits, deidentifier), limits)
 
 
 def check_screened(screened: ScreenedImage, limits: ImageLimits) -> CheckedImage:
-    """Decode a screened upload completely and make its thumbnail."""
-    image_format = sniff_format(screened.data)
-    image = decode_image(screened.data, image_format, limits)
-    upright = ImageOps.exif_transpose(image)
+    """Decode a screened upload completely (every PNG chunk checked) and make its thumbnail."""
+    if screened.image_format == "DICOM":
+        # Its window and LUTs applied, as the embedder shows it to the model.
+        upright = dicom_grayscale(read_dicom(screened.data, limits.decode))
+    else:
+        upright = decode_raster(screened.data, screened.image_format, limits.decode, verify=True)
     thumbnail, thumbnail_mime = make_thumbnail(upright, limits.thumbnail_px)
     return CheckedImage(
         data=screened.data,
         sha256=screened.sha256,
-        mime_type=SUPPORTED_FORMATS[image_format],
+        mime_type=MIME_TYPES[screened.image_format],
         width=upright.width,
         height=upright.height,
         thumbnail=thumbnail,
@@ -112,30 +99,11 @@ def check_screened(screened: ScreenedImage, limits: ImageLimits) -> CheckedImage
     )
 
 
-def decode_image(data: bytes, image_format: str, limits: ImageLimits) -> Image.Image:
-    """Every pixel decoded (and every PNG chunk checked), within the pixel limit."""
-    try:
-        image = Image.open(io.BytesIO(data), formats=[image_format])
-        pixels = image.width * image.height
-        if pixels > limits.max_pixels:
-            raise TooManyPixels(
-                f"the image has too many pixels: {image.width}x{image.height} ({pixels} pixels);"
-                f" the limit is {limits.max_pixels} pixels"
-            )
-        image.load()
-        if image_format == "PNG":
-            # load() does not check every chunk's CRC; verify() does, on a fresh reader.
-            Image.open(io.BytesIO(data), formats=["PNG"]).verify()
-    except UnidentifiedImageError:
-        raise ImageRejected(f"the {image_format} file is corrupt: its header cannot be read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRejected(f"the {image_format} image is truncated or corrupt: {exc}") from None
-    return image
-
-
 def make_thumbnail(image: Image.Image, long_side: int) -> tuple[bytes, str]:
     """A grayscale (or colour, for colour images) thumbnail, `long_side` px at most."""
     shown = displayable(image)
+    if shown is image:  # thumbnail() works in place, and the image's size is still wanted
+        shown = image.copy()
     shown.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     if features.check("webp"):
@@ -149,12 +117,6 @@ def make_thumbnail(image: Image.Image, long_side: int) -> tuple[bytes, str]:
 
 def displayable(image: Image.Image) -> Image.Image:
     """8-bit L or RGB: high bit depths stretched to their own range, alpha dropped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        wide = image.convert("I") if image.mode.startswith("I;16") else image
-        low, high = cast(tuple[float, float], wide.getextrema())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        offset = -low * scale
-        return wide.point(lambda v: v * scale + offset).convert("L")
-    if image.mode in ("L", "LA", "1"):
-        return image.convert("L")
+    if image.mode in HIGH_DEPTH_MODES or image.mode in ("L", "LA", "1"):
+        return to_gray8(image)
     return image.convert("RGB")

@@ -1,13 +1,14 @@
-"""Adding images: screen each upload, answer bytes already stored without decoding them again,
-decode the rest, and store the good ones together."""
+"""Adding images: screen each upload (a DICOM de-identified), answer bytes already stored without
+decoding them again, decode the rest, and store the good ones together."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from medsearch_catalog.errors import ImageRejected, InvalidMetadata
+from medsearch_catalog.deidentify import Deidentifier, DicomFacts
+from medsearch_catalog.errors import ImageRejected, InvalidMetadata, PseudonymKeyUnavailable
 from medsearch_catalog.images import CheckedImage, ImageLimits, ScreenedImage, check_screened, screen_upload
 from medsearch_catalog.metadata import ImageMetadata, parse_metadata
 from medsearch_catalog.repository import ImageRecord, ImageRepository, NewImage
@@ -32,7 +33,7 @@ class StoredImage:
 
 @dataclass(frozen=True)
 class RefusedImage:
-    error: ImageRejected | InvalidMetadata
+    error: ImageRejected | InvalidMetadata | PseudonymKeyUnavailable
 
 
 IngestOutcome = StoredImage | RefusedImage
@@ -42,6 +43,7 @@ def ingest_images(
     repository: ImageRepository,
     limits: ImageLimits,
     uploads: Sequence[ImageUpload],
+    deidentifier: Deidentifier,
     *,
     map_decode: MapFunction = map,
 ) -> list[IngestOutcome]:
@@ -55,8 +57,11 @@ def ingest_images(
     for i, sent in enumerate(uploads):
         try:
             metadata = parse_metadata(sent.metadata)  # first, as a single upload checks it
-            screened[i] = (screen_upload(sent.data, limits), metadata)
-        except (ImageRejected, InvalidMetadata) as exc:
+            image = screen_upload(sent.data, limits, deidentifier)
+            if image.dicom is not None:
+                metadata = with_dicom_facts(metadata, image.dicom, deidentifier)
+            screened[i] = (image, metadata)
+        except (ImageRejected, InvalidMetadata, PseudonymKeyUnavailable) as exc:
             outcomes[i] = RefusedImage(exc)
 
     stored = repository.find_by_sha256(u.sha256 for u, _ in screened.values())
@@ -83,6 +88,24 @@ def ingest_images(
             creator = creators.setdefault(image.sha256, i)
             outcomes[i] = StoredImage(record, created=created and creator == i)
     return [outcomes[i] for i in range(len(uploads))]
+
+
+def with_dicom_facts(metadata: ImageMetadata, facts: DicomFacts, deidentifier: Deidentifier) -> ImageMetadata:
+    """The metadata of a DICOM upload: what its header says wins over what was sent with it,
+    which fills the gaps. The patient is always a pseudonym: the header's, else the sent
+    `patient_id`'s, made the same way. `external_id` defaults to the replaced SOP Instance UID."""
+    patient_id = facts.patient_id
+    if patient_id is None and metadata.patient_id is not None:
+        patient_id = deidentifier.pseudonym(metadata.patient_id)
+    return replace(
+        metadata,
+        external_id=metadata.external_id or facts.sop_instance_uid,
+        patient_id=patient_id,
+        age=facts.age if facts.age is not None else metadata.age,
+        sex=facts.sex or metadata.sex,
+        view_position=facts.view_position or metadata.view_position,
+        extra={**metadata.extra, "modality": facts.modality},
+    )
 
 
 def _decoded(screened: ScreenedImage, limits: ImageLimits) -> CheckedImage | ImageRejected:

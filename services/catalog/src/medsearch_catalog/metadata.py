@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from medsearch_catalog.errors import InvalidMetadata, MalformedRequest
+from medsearch_common import validation
 
 MAX_METADATA_BYTES = 64 * 1024
 MAX_EXTRA_BYTES = 16 * 1024
@@ -16,10 +16,6 @@ MAX_TEXT_CHARS = 256
 MAX_FINDINGS = 32
 MAX_AGE = 130
 SEXES = ("M", "F", "O")
-
-# PostgreSQL text and jsonb cannot hold NUL; other control characters have no place in
-# metadata shown to people.
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -101,18 +97,8 @@ def _dataset(name: str, value: Any) -> str:
 
 
 def _text(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidMetadata(f"metadata.{name} must be a string, got {_json_type(value)}")
-    text: str = value.strip()
-    if not text:
-        raise InvalidMetadata(f"metadata.{name} must not be empty (use null to leave it unset)")
-    if len(text) > MAX_TEXT_CHARS:
-        raise InvalidMetadata(f"metadata.{name} is longer than {MAX_TEXT_CHARS} characters")
-    if _CONTROL_CHARS.search(text):
-        raise InvalidMetadata(f"metadata.{name} contains control characters")
-    return text
+    # The one contract (libs/common): what the catalog takes, the search service takes too.
+    return validation.text(value, f"metadata.{name}", error=InvalidMetadata, max_chars=MAX_TEXT_CHARS)
 
 
 def _upper_text(name: str, value: Any) -> str | None:

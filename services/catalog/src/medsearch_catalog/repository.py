@@ -154,8 +154,10 @@ class ImageRepository:
                 f"PostgreSQL gave no connection within {self.connection_timeout_s:g} s"
             ) from None
         except psycopg.OperationalError as exc:
+            # psycopg's words name the server's host and port: they go to the log, not to callers.
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DatabaseUnavailable(f"PostgreSQL is unavailable: {reason}") from None
+            log.warning("database failure", extra={"error": reason})
+            raise DatabaseUnavailable("PostgreSQL is unavailable") from None
 
     @contextmanager
     def _ready_transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:

@@ -2,8 +2,10 @@
 
 Inputs wait in a bounded queue. One inference thread takes up to `max_batch` of them, waiting
 at most `max_delay_s` after the oldest arrived for others to join, and only while other
-requests are still decoding theirs (`preparing`): a lone request runs at once. A full queue
-refuses new work at once (the caller answers 503 with Retry-After) instead of growing memory.
+requests are still decoding theirs (`admitting`): a lone request runs at once. A full queue
+refuses new work at once (the caller answers 503 with Retry-After) instead of growing memory,
+and before the request decodes anything: a request holds its places in the queue from the
+start of its decoding, so no decoding is spent on images that could never be queued.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class DynamicBatcher:
         self._changed = threading.Condition()
         self._closed = False
         self._preparing = 0  # requests decoding images they will submit
+        self._held = 0  # places in the queue those requests hold for their images
         self._seconds_per_batch = 0.0  # a moving average, for Retry-After
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self._thread.start()
@@ -63,34 +66,56 @@ class DynamicBatcher:
         return len(self._queue)
 
     @contextmanager
-    def preparing(self) -> Iterator[None]:
-        """Around a request's decoding and submit: while any request is in here, a batch
-        waits (up to `max_delay_s`) for its images rather than running without them."""
+    def admitting(self, count: int) -> Iterator[Admission]:
+        """Around a request's decoding and submit: `count` places in the queue are held for it
+        from the start, or it is refused at once (Overloaded) when the queue has no room. While
+        any request is in here, a batch waits (up to `max_delay_s`) for its images rather than
+        running without them."""
         with self._changed:
+            self._check_open()
+            self._check_room(count)
+            self._held += count
             self._preparing += 1
+        admission = Admission(self, count)
         try:
-            yield
+            yield admission
         finally:
             with self._changed:
+                self._held -= admission.held
                 self._preparing -= 1
                 self._changed.notify_all()
 
     def submit(self, images: Sequence[NDArray[np.uint8]]) -> list[Future[NDArray[np.float32]]]:
         """Queue all of `images` or none of them; each future gives one vector."""
+        return self._enqueue(images, held=0)
+
+    def _enqueue(
+        self, images: Sequence[NDArray[np.uint8]], *, held: int
+    ) -> list[Future[NDArray[np.float32]]]:
+        """Queue `images` into `held` places held for them (and more, if there is room)."""
         with self._changed:
-            if self._closed:
-                raise RuntimeError("the batcher is closed")
-            if len(self._queue) + len(images) > self._max_queue:
-                raise Overloaded(
-                    f"the embedder is busy: {len(self._queue)} images wait for the model "
-                    f"(at most {self._max_queue}); try again shortly",
-                    retry_after_s=self._retry_after_s(),
-                )
+            self._check_open()
+            self._check_room(len(images) - held)
+            self._held -= held
             now = time.monotonic()
             items = [_Item(image, now) for image in images]
             self._queue.extend(items)
             self._changed.notify_all()
         return [item.result for item in items]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+
+    def _check_room(self, count: int) -> None:
+        """Raises Overloaded unless `count` more inputs fit beside those queued and held."""
+        taken = len(self._queue) + self._held
+        if taken + count > self._max_queue:
+            raise Overloaded(
+                f"the embedder is busy: {taken} images wait for the model "
+                f"(at most {self._max_queue}); try again shortly",
+                retry_after_s=self._retry_after_s(),
+            )
 
     def close(self) -> None:
         """Stop after the queued inputs are done."""
@@ -100,7 +125,7 @@ class DynamicBatcher:
         self._thread.join()
 
     def _retry_after_s(self) -> int:
-        batches_ahead = math.ceil((len(self._queue) + 1) / self._max_batch)
+        batches_ahead = math.ceil((len(self._queue) + self._held + 1) / self._max_batch)
         return max(1, min(60, math.ceil(batches_ahead * self._seconds_per_batch)))
 
     def _next_batch(self) -> list[_Item] | None:
@@ -147,3 +172,20 @@ class DynamicBatcher:
                 self._on_batch(len(live), elapsed)
             except Exception:
                 log.exception("batch observer failed")
+
+
+class Admission:
+    """A request's places in the queue, held while it decodes; `submit` fills them."""
+
+    def __init__(self, batcher: DynamicBatcher, count: int) -> None:
+        self._batcher = batcher
+        self.held = count
+
+    def submit(self, images: Sequence[NDArray[np.uint8]]) -> list[Future[NDArray[np.float32]]]:
+        """Queue the request's decoded images (at most the places held; those it rejected are
+        fewer); each future gives one vector."""
+        if len(images) > self.held:
+            raise ValueError(f"{len(images)} images for {self.held} places held")
+        futures = self._batcher._enqueue(images, held=self.held)
+        self.held = 0
+        return futures

@@ -1,28 +1,30 @@
 """What can go wrong in the embedder, and the HTTP status of each."""
 
+from medsearch_common.imaging import (
+    IMAGE_ERROR_STATUSES,
+    ImageRejected,
+    MultiFrameImage,
+    NotAnImage,
+    TooManyPixels,
+    UnsupportedImage,
+    UploadTooLarge,
+)
 
-class ImageRejected(Exception):
-    """The upload cannot be embedded (422 by default)."""
-
-
-class NotAnImage(ImageRejected):
-    """The bytes are not a recognizable image (415)."""
-
-
-class UnsupportedImage(ImageRejected):
-    """A recognizable image this service cannot read, e.g. a DICOM compression with no decoder (415)."""
-
-
-class UploadTooLarge(ImageRejected):
-    """More bytes than the configured limit (413)."""
-
-
-class TooManyPixels(ImageRejected):
-    """More pixels than the configured limit: a possible decompression bomb (422)."""
-
-
-class MultiFrameImage(ImageRejected):
-    """A DICOM with several frames: which one to embed is not ours to guess (422)."""
+# What an upload can be refused for is libs/common's, as the catalog's is.
+__all__ = [
+    "BlankImage",
+    "ImageRejected",
+    "MalformedRequest",
+    "ModelNotReady",
+    "MultiFrameImage",
+    "NotAnImage",
+    "Overloaded",
+    "TooManyImages",
+    "TooManyPixels",
+    "UnsupportedImage",
+    "UploadTooLarge",
+    "WeightsUnavailable",
+]
 
 
 class BlankImage(ImageRejected):
@@ -60,10 +62,7 @@ class Overloaded(Exception):
 
 # The HTTP status of each error; a subclass not listed takes its nearest listed parent's.
 ERROR_STATUSES: dict[type[Exception], int] = {
-    ImageRejected: 422,
-    NotAnImage: 415,
-    UnsupportedImage: 415,
-    UploadTooLarge: 413,
+    **IMAGE_ERROR_STATUSES,
     MalformedRequest: 400,
     TooManyImages: 413,
     ModelNotReady: 503,

@@ -90,10 +90,11 @@ class EmbeddingService:
         """One outcome per upload, in order; a bad image does not fail the others."""
         embedder = self._ready_embedder()
         assert self._batcher is not None and embedder is not None
-        with self._batcher.preparing():
+        # Room in the queue first: a full queue refuses the request before any decoding.
+        with self._batcher.admitting(len(uploads)) as admission:
             outcomes: list[Outcome | NDArray[np.uint8]] = list(self._decoder.map(self._prepare, uploads))
             good = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, ImageRejected)]
-            futures = self._batcher.submit([outcomes[i] for i in good])  # type: ignore[misc]
+            futures = admission.submit([outcomes[i] for i in good])  # type: ignore[misc]
         deadline = time.monotonic() + self.settings.wait_timeout_s
         try:
             for i, future in zip(good, futures, strict=True):

@@ -27,7 +27,6 @@ from medsearch_gateway.errors import (
     InvalidRequest,
     NotIndexed,
     StoredButRejected,
-    UnsupportedUpload,
 )
 
 
@@ -104,7 +103,6 @@ class Gateway:
     def ingest(self, upload: Upload, metadata_json: str) -> Ingested:
         """Catalog, then embed, upsert and mark indexed. A failure after the catalog step
         leaves the image pending; sending the same upload again completes it."""
-        _refuse_dicom(upload)
         stored = self.catalog.add(upload, metadata_json)
         return _raised(self._index([_Unindexed(stored, upload)])[0])
 
@@ -116,8 +114,6 @@ class Gateway:
         outcomes: list[Outcome | None] = []
         sent: list[tuple[int, Upload]] = []
         for position, upload in enumerate(uploads):
-            if isinstance(upload, Upload) and upload.kind == "dicom":
-                upload = UnsupportedUpload(_DICOM_NOT_STORED)
             if isinstance(upload, Upload):
                 sent.append((position, upload))
                 outcomes.append(None)
@@ -149,7 +145,7 @@ class Gateway:
         `force` even when the catalog says it is indexed (a new or emptied Milvus)."""
         image = self.catalog.image(image_id)
         stored = self.catalog.file(image_id, thumbnail=False, if_none_match=None)
-        upload = Upload(stored.content, "jpeg" if image.mime_type == "image/jpeg" else "png")
+        upload = Upload(stored.content, _KINDS.get(image.mime_type, "png"))
         return _raised(self._index([_Unindexed(Stored(image, created=False), upload)], force=force)[0])
 
     def pending(self, params: list[tuple[str, str]]) -> tuple[str, Page]:
@@ -207,7 +203,14 @@ class Gateway:
             model_id = model.model_id if model else self.embedder.model().model_id
             stage = "search"
             if embedded:
-                self.search_service.upsert(model_id, [(items[p].stored.image, v) for p, v in embedded])
+                for position, reason in self._upsert(model_id, items, embedded):
+                    image_id = items[position].stored.image.id
+                    outcomes[position] = StoredButRejected(
+                        f"image {image_id} was stored but the search service refuses it: {reason}",
+                        image_id=image_id,
+                    )
+                    failed.append(StateChange(image_id, "failed", reason))
+                embedded = [(p, v) for p, v in embedded if outcomes[p] is None]
             stage = "catalog"
             indexed = [StateChange(items[p].stored.image.id, "indexed") for p, _ in embedded]
             self._set_states(model_id, indexed, failed)
@@ -229,6 +232,32 @@ class Gateway:
                 stored.image.with_state(model_id, "indexed"), stored.created, model_id, already_indexed=False
             )
         return _complete(outcomes)
+
+    def _upsert(
+        self, model_id: str, items: Sequence[_Unindexed], embedded: list[tuple[int, PackedVector]]
+    ) -> list[tuple[int, str]]:
+        """Upsert the vectors in one call; the positions the search service refuses, with its
+        reason. A refusal (400/422: what the gateway passed on from the image's metadata) is
+        the image's own failure, not an outage to retry: when a batch is refused, each image is
+        sent alone to find which."""
+        pairs = [(items[p].stored.image, v) for p, v in embedded]
+        try:
+            self.search_service.upsert(model_id, pairs)
+            return []
+        except UpstreamRejected as exc:
+            if exc.status not in (400, 422):
+                raise
+            if len(embedded) == 1:
+                return [(embedded[0][0], _detail_of(exc))]
+        refused = []
+        for (position, _), pair in zip(embedded, pairs, strict=True):
+            try:
+                self.search_service.upsert(model_id, [pair])
+            except UpstreamRejected as exc:
+                if exc.status not in (400, 422):
+                    raise
+                refused.append((position, _detail_of(exc)))
+        return refused
 
     def _set_states(self, model_id: str, indexed: list[StateChange], failed: list[StateChange]) -> None:
         """Indexed and failed in one call. Failed states alone are a courtesy: when they
@@ -253,11 +282,19 @@ class Gateway:
         return self.catalog.file(image_id, thumbnail=thumbnail, if_none_match=if_none_match)
 
     def delete(self, image_id: int) -> None:
-        """The vectors first (every model that indexed it, and the active one), then the row:
-        a vector never outlives its catalog row."""
+        """Three steps, each safe to repeat, so that a failure between any two leaves a state
+        that a retry of the delete, or `reindex`, repairs:
+        1. the catalog marks the image pending for every model that has a state for it and the
+           active one, so that it no longer says "indexed" of a vector about to go;
+        2. the vectors go;
+        3. the row goes. A vector never outlives its row.
+        Cut after 1 or 2, the image is still there, pending: a retry deletes it, and `reindex`
+        gives it its vector back (the delete never completed)."""
         image = self.catalog.image(image_id)
-        models = {*image.index_states, self.embedder.model().model_id}
-        for model_id in sorted(models):
+        models = sorted({*image.index_states, self.embedder.model().model_id})
+        for model_id in models:
+            self.catalog.set_states(model_id, [StateChange(image_id, "pending")])
+        for model_id in models:
             self.search_service.delete(model_id, image_id)
         self.catalog.delete(image_id)
 
@@ -292,12 +329,8 @@ class Gateway:
         return [Hit(rank, hit.score, records[hit.image_id]) for rank, hit in enumerate(kept, start=1)]
 
 
-_DICOM_NOT_STORED = "DICOM files can be searched but not added: the catalog keeps PNG and JPEG"
-
-
-def _refuse_dicom(upload: Upload) -> None:
-    if upload.kind == "dicom":
-        raise UnsupportedUpload(_DICOM_NOT_STORED)
+# The kind of upload each stored type is, to index it from the catalog's bytes.
+_KINDS = {"image/png": "png", "image/jpeg": "jpeg", "application/dicom": "dicom"}
 
 
 def _raised(outcome: Outcome) -> Ingested:
@@ -318,3 +351,7 @@ def _complete(outcomes: list[Outcome | None]) -> list[Outcome]:
     if any(outcome is None for outcome in outcomes):
         raise RuntimeError("an item of the batch was left without an outcome")
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _detail_of(exc: UpstreamRejected) -> str:
+    return str(exc.problem.get("detail") or exc.problem.get("title") or f"HTTP {exc.status}")

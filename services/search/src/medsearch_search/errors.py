@@ -1,7 +1,9 @@
 """What can go wrong in the search service, and the HTTP status of each."""
 
+from medsearch_common.validation import Invalid
 
-class InvalidRequest(Exception):
+
+class InvalidRequest(Invalid):
     """The request is malformed: wrong JSON shape, unknown or mistyped fields (400)."""
 
 

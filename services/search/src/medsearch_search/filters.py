@@ -10,10 +10,10 @@ missing age, [] for no finding.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from medsearch_common import validation
 from medsearch_search.errors import InvalidRequest
 
 MAX_TEXT_CHARS = 256
@@ -23,7 +23,7 @@ MAX_LIST_ITEMS = 1000
 MAX_AGE = 130
 SEXES = ("M", "F", "O")
 UNKNOWN_AGE = -1
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARS = validation.CONTROL_CHARACTERS
 _STRING_LISTS = ("dataset", "sex", "view_position", "patient_id", "exclude_patients")
 FILTER_FIELDS = (*_STRING_LISTS, "age", "findings", "exclude_ids")
 FindingsVia = Literal["key", "array"]
@@ -268,18 +268,9 @@ def _strings(
 
 
 def _optional_text(value: Any, where: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{where} must be a string, got {_json_type(value)}")
-    text = value.strip()
-    if not text:
-        raise InvalidRequest(f"{where} must not be empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise InvalidRequest(f"{where} is longer than {MAX_TEXT_CHARS} characters")
-    if _CONTROL_CHARS.search(text):
-        raise InvalidRequest(f"{where} contains control characters")
-    return text
+    # The one contract (libs/common): the catalog refuses what this refuses, so a stored image
+    # can always be indexed.
+    return validation.text(value, where, error=InvalidRequest, max_chars=MAX_TEXT_CHARS)
 
 
 def _integer(value: Any, where: str, minimum: int, maximum: int) -> int:

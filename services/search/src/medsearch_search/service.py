@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,7 +22,9 @@ from medsearch_search.errors import (
 )
 from medsearch_search.filters import SearchFilter, parse_attributes, parse_filter
 from medsearch_search.settings import SearchSettings
-from medsearch_search.store import MODEL_ID, Collection, Hit, MilvusStore, StoredVector
+from medsearch_search.store import MODEL_ID, Collection, CollectionGone, Hit, MilvusStore, StoredVector
+
+T = TypeVar("T")
 
 MAX_K = 100
 CONSISTENCY_LEVELS = ("session", "strong", "bounded")
@@ -67,16 +69,24 @@ class SearchService:
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise InvalidRequest(f"items repeat the id(s) {duplicates[:10]}: each id once per request")
-        collection = self.store.collection(model_id)
-        vectors = parse_vectors(raw_vectors, "items[].vector", collection.dim if collection else None)
-        if collection is None:
-            collection = self.store.ensure_collection(model_id, vectors.shape[1])
-        self.store.upsert(collection, ids, vectors, attributes)
+        vectors = parse_vectors(raw_vectors, "items[].vector", None)
+
+        def write(collection: Collection) -> None:
+            self.store.upsert(collection, ids, vectors, attributes)
+
+        self._on_collection(
+            model_id,
+            write,
+            missing=lambda: write(self.store.ensure_collection(model_id, vectors.shape[1])),
+            vectors=(vectors, "items[].vector"),
+        )
         return len(ids)
 
     def get(self, model_id: str, vector_id: int) -> StoredVector:
-        collection = self._collection(model_id)
-        stored = self.store.get(collection, vector_id)
+        check_model_id(model_id)
+        stored = self._on_collection(
+            model_id, lambda c: self.store.get(c, vector_id), missing=lambda: _no_model(model_id)
+        )
         if stored is None:
             raise VectorNotFound(f"model {model_id} has no vector with id {vector_id}")
         return stored
@@ -84,27 +94,24 @@ class SearchService:
     def delete(self, model_id: str, vector_id: int) -> None:
         """Idempotent: deleting what is not there is no error."""
         check_model_id(model_id)
-        collection = self.store.collection(model_id)
-        if collection is not None:
-            self.store.delete(collection, vector_id)
+        self._on_collection(model_id, lambda c: self.store.delete(c, vector_id), missing=lambda: None)
 
     def search(self, model_id: str, body: Any) -> list[list[Hit]]:
         # The request first: a bad filter is a 400 even for a model with nothing stored yet.
         check_model_id(model_id)
         request = self.parse_search(body, None)
-        collection = self._collection(model_id)
-        dim = request.vectors.shape[1]
-        if dim != collection.dim:
-            raise InvalidVector(
-                f"vectors: dimension {dim}, but this model's vectors have dimension {collection.dim}"
-            )
-        return self.store.search(
-            collection,
-            request.vectors,
-            request.k,
-            request.filter,
-            one_per_patient=request.one_per_patient,
-            consistency=request.consistency,
+        return self._on_collection(
+            model_id,
+            lambda collection: self.store.search(
+                collection,
+                request.vectors,
+                request.k,
+                request.filter,
+                one_per_patient=request.one_per_patient,
+                consistency=request.consistency,
+            ),
+            missing=lambda: _no_model(model_id),
+            vectors=(request.vectors, "vectors"),
         )
 
     def parse_search(self, body: Any, dim: int | None) -> SearchRequest:
@@ -136,10 +143,17 @@ class SearchService:
         return SearchRequest(vectors, k, parse_filter(body.get("filter")), one_per_patient, consistency)
 
     def model(self, model_id: str) -> dict[str, Any]:
-        return self._describe(self._collection(model_id))
+        check_model_id(model_id)
+        return self._on_collection(model_id, self._describe, missing=lambda: _no_model(model_id))
 
     def models(self) -> list[dict[str, Any]]:
-        return [self._describe(collection) for collection in self.store.collections()]
+        described = []
+        for collection in self.store.collections():
+            try:
+                described.append(self._describe(collection))
+            except CollectionGone:
+                continue  # dropped since it was listed
+        return described
 
     def _describe(self, collection: Collection) -> dict[str, Any]:
         return {
@@ -151,12 +165,44 @@ class SearchService:
             "backend": self.store.backend,
         }
 
-    def _collection(self, model_id: str) -> Collection:
-        check_model_id(model_id)
-        collection = self.store.collection(model_id)
-        if collection is None:
-            raise ModelNotFound(f"no vectors were ever stored for model {model_id}")
-        return collection
+    def _on_collection(
+        self,
+        model_id: str,
+        action: Callable[[Collection], T],
+        *,
+        missing: Callable[[], T],
+        vectors: tuple[NDArray[np.float32], str] | None = None,
+    ) -> T:
+        """`action` on the model's collection, or `missing()` when Milvus has none.
+
+        What this process remembers of the collection is checked against Milvus once when it
+        no longer fits: dropped behind its back (by another replica, by hand), the collection is
+        looked up again, and is missing when it is gone; `vectors` (and where the request holds
+        them) of another dimension than the remembered one are refused only when Milvus says the
+        same (another replica may have made the collection anew)."""
+        fresh = False
+        while True:
+            collection = self.store.collection(model_id, fresh=fresh)
+            if collection is None:
+                return missing()
+            if vectors is not None and vectors[0].shape[1] != collection.dim:
+                if not fresh:
+                    fresh = True
+                    continue
+                raise InvalidVector(
+                    f"{vectors[1]}: dimension {vectors[0].shape[1]}, but this model's vectors have "
+                    f"dimension {collection.dim}"
+                )
+            try:
+                return action(collection)
+            except CollectionGone:
+                if fresh:
+                    return missing()  # gone again as soon as it was found: as good as missing
+                fresh = True
+
+
+def _no_model(model_id: str) -> NoReturn:
+    raise ModelNotFound(f"no vectors were ever stored for model {model_id}")
 
 
 def check_model_id(model_id: str) -> None:

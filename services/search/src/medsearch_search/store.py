@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 from pymilvus import DataType, MilvusClient
-from pymilvus.exceptions import MilvusException
+from pymilvus.exceptions import ErrorCode, MilvusException
 
 from medsearch_search.errors import InvalidRequest, MilvusUnavailable
 from medsearch_search.filters import MAX_FINDINGS, MAX_FINDINGS_KEY_BYTES, Attributes, SearchFilter
@@ -49,6 +49,11 @@ _MILVUS_ERRORS = (
     TimeoutError,
     OSError,
 )
+
+
+class CollectionGone(Exception):
+    """Milvus no longer has a collection this service knew (another replica or an admin dropped
+    it): the handle is forgotten, and the caller looks the model's collection up again."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,10 @@ class MilvusStore:
 
     # -- collections -------------------------------------------------------------------
 
-    def collection(self, model_id: str) -> Collection | None:
+    def collection(self, model_id: str, *, fresh: bool = False) -> Collection | None:
+        """The model's collection, None when Milvus has none; from memory unless `fresh`."""
+        if fresh:
+            self.forget(model_id)
         cached = self._collections.get(model_id)
         if cached is not None:
             return cached
@@ -163,6 +171,12 @@ class MilvusStore:
             return None
         self._collections[model_id] = collection
         return collection
+
+    def forget(self, model_id: str) -> None:
+        """Drop what this process remembers of the model's collection: the next use looks again."""
+        gone = self._collections.pop(model_id, None)
+        if gone is not None:
+            self._caught_up.discard(gone.name)
 
     def collections(self) -> list[Collection]:
         names = self._call("list collections", lambda c: c.list_collections(timeout=self._timeout))
@@ -219,6 +233,7 @@ class MilvusStore:
         rows = self._call(
             "count vectors",
             lambda c: c.query(collection.name, filter="", output_fields=["count(*)"], timeout=self._timeout),
+            collection,
         )
         return int(rows[0]["count(*)"])
 
@@ -237,7 +252,11 @@ class MilvusStore:
             for i, vector, attrs in zip(ids, vectors, attributes, strict=True)
         ]
         with self._write_guard():
-            self._call("upsert vectors", lambda c: c.upsert(collection.name, rows, timeout=self._timeout))
+            self._call(
+                "upsert vectors",
+                lambda c: c.upsert(collection.name, rows, timeout=self._timeout),
+                collection,
+            )
         self._caught_up.add(collection.name)
 
     def get(self, collection: Collection, vector_id: int) -> StoredVector | None:
@@ -249,6 +268,7 @@ class MilvusStore:
                 output_fields=["vector", *ATTRIBUTE_FIELDS],
                 timeout=self._timeout,
             ),
+            collection,
         )
         if not rows:
             return None
@@ -258,7 +278,9 @@ class MilvusStore:
     def delete(self, collection: Collection, vector_id: int) -> None:
         with self._write_guard():
             self._call(
-                "delete a vector", lambda c: c.delete(collection.name, ids=[vector_id], timeout=self._timeout)
+                "delete a vector",
+                lambda c: c.delete(collection.name, ids=[vector_id], timeout=self._timeout),
+                collection,
             )
         # Milvus 2.3 answers a delete without its timestamp, so a session read could not wait for
         # it (a deleted image came back in the next search, seen once in tests/run): the next
@@ -337,6 +359,7 @@ class MilvusStore:
                 consistency_level=level,
                 **extra,
             ),
+            collection,
         )
         return [
             [
@@ -396,22 +419,42 @@ class MilvusStore:
                     )
                     version = str(client.get_server_version(timeout=self._timeout))
                 except Exception as exc:  # whatever pymilvus raises, Milvus is what failed
-                    raise MilvusUnavailable(
-                        f"Milvus ({self._settings.milvus_uri_redacted}) is unreachable: {_first_line(exc)}"
-                    ) from exc
+                    # The address and pymilvus's words (which hold it too) stay in the log.
+                    log.warning(
+                        "milvus unreachable",
+                        extra={"uri": self._settings.milvus_uri_redacted, "error": _first_line(exc)},
+                    )
+                    raise MilvusUnavailable("Milvus is unreachable") from exc
                 self._grouping = _has_grouping(version)
                 self._lite_engine = version.startswith("milvus_lite")
                 log.info("milvus connected", extra={"backend": self.backend, "version": version})
                 self._client = client
             return self._client
 
-    def _call(self, what: str, action: Callable[[MilvusClient], T]) -> T:
+    def _call(
+        self, what: str, action: Callable[[MilvusClient], T], collection: Collection | None = None
+    ) -> T:
+        """`action` on the connected client. Milvus failing is MilvusUnavailable, whose message
+        names Milvus but never its address (the service shows it to callers; the log has it).
+        `collection` missing from Milvus (dropped behind this process's back) is CollectionGone."""
         try:
             return action(self._connect())
         except _MILVUS_ERRORS as exc:
-            raise MilvusUnavailable(
-                f"Milvus ({self._settings.milvus_uri_redacted}) failed to {what}: {_first_line(exc)}"
-            ) from exc
+            if collection is not None and _is_collection_missing(exc):
+                log.warning(
+                    "collection gone", extra={"model_id": collection.model_id, "collection": collection.name}
+                )
+                self.forget(collection.model_id)
+                raise CollectionGone(collection.model_id) from exc
+            log.warning(
+                "milvus call failed",
+                extra={"uri": self._settings.milvus_uri_redacted, "what": what, "error": _first_line(exc)},
+            )
+            raise MilvusUnavailable(f"Milvus failed to {what}") from exc
+
+
+def _is_collection_missing(exc: BaseException) -> bool:
+    return isinstance(exc, MilvusException) and exc.code == ErrorCode.COLLECTION_NOT_FOUND
 
 
 def _has_grouping(version: str) -> bool:

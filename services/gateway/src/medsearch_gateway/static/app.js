@@ -98,6 +98,7 @@ const state = {
   stats: null, // last GET /stats answer; decides the empty-results message
   queryFile: null, // the chosen query image (picker or drop)
   previewUrl: null, // blob URL of the query preview, revoked when replaced
+  fullImageUrl: null, // blob URL of a stored DICOM's rendering, revoked when replaced
   search: null, // {title, results} of the last search, shown again when returning to #/
   similar: null, // {imageId, title, results} of the last "More like this"
   tasks: [], // status messages of requests in flight, newest last
@@ -624,7 +625,8 @@ async function openImage(id) {
 function renderImage(image) {
   const meta = image.metadata || {};
   ui.imageTitle.textContent = meta.external_id ? `Image ${image.id}: ${meta.external_id}` : `Image ${image.id}`;
-  ui.fullImage.src = image.file_url;
+  if (image.mime_type === "application/dicom") showStoredDicom(image);
+  else ui.fullImage.src = image.file_url;
   ui.fullImage.alt = `Chest X-ray, image ${image.id}`;
   definitionList(ui.metadata, imageRows(image));
   const indexed = image.index_state === "indexed";
@@ -632,6 +634,26 @@ function renderImage(image) {
   ui.indexHint.textContent = indexed ? "" : "This image is not indexed for the active model yet; \"More like this\" needs it indexed.";
   ui.reindexImage.hidden = indexed;
   ui.imageDetail.hidden = false;
+}
+
+/**
+ * Browsers cannot draw DICOM: the stored (de-identified) file is rendered to a PNG by the gateway,
+ * as a DICOM query is. Its thumbnail shows meanwhile, and stays if the rendering fails.
+ */
+async function showStoredDicom(image) {
+  ui.fullImage.src = image.thumbnail_url;
+  try {
+    const stored = await (await apiFetch(`/images/${image.id}/file`)).blob();
+    const body = new FormData();
+    body.append("image", stored, `image-${image.id}.dcm`);
+    const rendered = await (await apiFetch("/previews", { method: "POST", body })).blob();
+    if (!isCurrent("image", image.id)) return;
+    if (state.fullImageUrl) URL.revokeObjectURL(state.fullImageUrl);
+    state.fullImageUrl = URL.createObjectURL(rendered);
+    ui.fullImage.src = state.fullImageUrl;
+  } catch {
+    // The thumbnail stays: a smaller view of the same image.
+  }
 }
 
 const METADATA_ROWS = [
@@ -812,7 +834,7 @@ async function submitAdd(event) {
   const file = ui.addFile.files[0];
   let metadata;
   try {
-    if (!file) throw new UserError("Choose a PNG or JPEG file to add.");
+    if (!file) throw new UserError("Choose a PNG, JPEG or DICOM file to add.");
     metadata = readAddMetadata();
   } catch (error) {
     showError(error);
