@@ -441,7 +441,7 @@ def string_list_cases() -> list[tuple[str, Any, int, str]]:
                 f"{name} item with NUL",
                 filtered(**{name: ["a\x00b"]}),
                 400,
-                f"{where}[0] contains control characters",
+                f"{where}[0] contains a control character (NUL)",
             ),
         ]
     return cases
