@@ -22,8 +22,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import requests
+from bench_query import ingest
 from machine import admin_token, free_port, machine, program, shared_data, start_stack, wait_ready
 from PIL import Image
 
@@ -328,20 +327,6 @@ def memory_growth(memory: list[dict[str, float]], every_s: float) -> dict[str, d
                 "growth": round((after - before) / before, 3),
             }
     return growth
-
-
-def ingest(gateway: str, nih: Path, token: str) -> None:
-    print("bench-soak: ingesting the 303 NIH images", flush=True)
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "medsearch"), "--url", gateway, "ingest",
-         str(nih / "Data_Entry_2017_v2020.csv"), "--images", str(nih / "images")],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "MEDSEARCH_TOKEN": token},
-    )  # fmt: skip
-    if result.returncode != 0:
-        sys.exit(f"bench-soak: the ingest failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
 
 if __name__ == "__main__":

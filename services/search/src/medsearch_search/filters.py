@@ -9,7 +9,6 @@ missing age, [] for no finding.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -274,19 +273,7 @@ def _optional_text(value: Any, where: str) -> str | None:
 
 
 def _integer(value: Any, where: str, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{where} must be an integer, got {_json_type(value)}")
-    if not minimum <= value <= maximum:
-        raise InvalidRequest(f"{where} must be between {minimum} and {maximum}, got {value}")
-    return value
+    return validation.integer(value, where, minimum, maximum, error=InvalidRequest)
 
 
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", float: "a number"}
-    if value is None:
-        return "null"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return "an integer"
-    return names.get(type(value), type(value).__name__) + (
-        f" {json.dumps(value)[:40]}" if isinstance(value, str) else ""
-    )
+_json_type = validation.json_type
