@@ -125,3 +125,65 @@ def test_a_body_that_stalls_is_not_sent_again(clients: list[ServiceClient]) -> N
         done.set()
         thread.join(timeout=5)
     assert sent == 1
+
+
+def _keep_alive_then_close(close_on_second: bool) -> tuple[socket.socket, list[bytes], threading.Event]:
+    """A service whose first connection answers one request, then closes as the second arrives
+    (a kept-alive connection closed for idleness just as a call was sent on it); any later
+    connection answers every request."""
+    received: list[bytes] = []
+    done = threading.Event()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.1)
+
+    def talk(conn: socket.socket, first: bool) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            while not done.is_set():
+                try:
+                    request = conn.recv(65536)
+                except OSError:
+                    return
+                if not request:
+                    return
+                received.append(request)
+                if first and close_on_second and len(received) == 2:
+                    return  # closed without a word
+                conn.sendall(answer)
+
+    def serve() -> None:
+        first = True
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=talk, args=(conn, first), daemon=True).start()
+            first = False
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, received, done
+
+
+@pytest.mark.parametrize(("method", "sent"), [("GET", 3), ("POST", 2)])
+def test_a_kept_alive_connection_closed_unanswered_is_resent_only_when_idempotent(
+    clients: list[ServiceClient], method: str, sent: int
+) -> None:
+    """Gunicorn closes connections idle past its keep-alive time: a call that meets the close
+    was not answered, and an idempotent one goes again on a new connection."""
+    listener, received, done = _keep_alive_then_close(close_on_second=True)
+    try:
+        client = embedder_client(clients, f"http://127.0.0.1:{listener.getsockname()[1]}")
+        client.request(method, "/v1/model")
+        if method == "GET":
+            assert client.request(method, "/v1/model").json() == {}
+        else:
+            with pytest.raises(UpstreamUnavailable, match=r"^embedder is unreachable$"):
+                client.request(method, "/v1/model")
+        assert len(received) == sent
+    finally:
+        done.set()
+        listener.close()

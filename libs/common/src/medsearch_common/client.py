@@ -1,11 +1,12 @@
 """The one HTTP client for service-to-service calls.
 
 Timeouts on connect and read; bounded retries with exponential backoff, for idempotent
-calls only, and only when the call surely did not run (no connection was made) or the service
-said 503 (come back later); the current request ID forwarded; every failure turned into a
-typed error. A call whose answer timed out, or came back 502/504, is never sent again: the
-work may still be running (an embedding behind a busy queue), and the gateway's callers (the
-`medsearch` CLI) are the one layer that retries those.
+calls only, and only when no connection was made, when the service said 503 (come back later),
+or when it closed a kept-alive connection without a word (it closes connections idle past its
+keep-alive time, and a call sent at that moment meets the close); the current request ID
+forwarded; every failure turned into a typed error. A call whose answer timed out, or came back
+502/504, is never sent again: the work may still be running (an embedding behind a busy queue),
+and the gateway's callers (the `medsearch` CLI) are the one layer that retries those.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from http.client import RemoteDisconnected
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from medsearch_common.context import REQUEST_ID_HEADER, current_request_id
 
@@ -157,7 +159,9 @@ class ServiceClient:
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 time.sleep(self.retry.delay(attempt - 1))
-            send_again = False  # only when the service surely did not run it: no connection, or a 503
+            # Only when the service surely did not run it (no connection, or a 503), or closed
+            # the connection without answering: safe for an idempotent call.
+            send_again = False
             try:
                 response = self._session.request(
                     method,
@@ -181,7 +185,7 @@ class ServiceClient:
                         self.service, f"{self.service} did not answer within {timeout[1]} s"
                     )
                 else:
-                    send_again = _never_connected(exc)
+                    send_again = _never_connected(exc) or _closed_unanswered(exc)
                     # The address stays in the log: the gateway shows this detail to the public.
                     error = UpstreamUnavailable(self.service, f"{self.service} is unreachable")
             except requests.RequestException as exc:
@@ -251,6 +255,17 @@ def _never_connected(exc: requests.ConnectionError) -> bool:
     A connection dropped later (reset, closed mid-answer) may have carried it."""
     return any(
         isinstance(arg, MaxRetryError) and isinstance(arg.reason, NewConnectionError) for arg in exc.args
+    )
+
+
+def _closed_unanswered(exc: requests.ConnectionError) -> bool:
+    """Whether the service closed or reset the connection before any answer: what a kept-alive
+    connection meets when the call arrives as the service closes it for idleness."""
+    silent = (RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+    causes = [arg.reason if isinstance(arg, MaxRetryError) else arg for arg in exc.args]
+    return any(
+        isinstance(cause, ProtocolError) and any(isinstance(inner, silent) for inner in cause.args)
+        for cause in causes
     )
 
 

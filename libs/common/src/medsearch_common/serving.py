@@ -45,6 +45,9 @@ def serve(
             "threads": threads,
             "timeout": timeout_s,
             "graceful_timeout": 10,
+            # Gunicorn's default of 2 s closes a caller's kept-alive connection between two
+            # calls a moment apart, and a call sent as it closes meets the close: rarer with 30 s.
+            "keepalive": 30,
             "accesslog": None,  # the app logs each request itself, as JSON
             # Twice gunicorn's default: a header up to 16 KiB reaches the app, which answers an
             # over-long credential with its own problem, not gunicorn's bare 400.
