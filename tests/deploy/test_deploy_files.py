@@ -252,6 +252,22 @@ def test_secrets_are_referenced_never_committed(kustomization: str) -> None:
     assert database == {"name": SECRET, "key": "MEDSEARCH_DATABASE_URL"}
     token = env_of("search")["MEDSEARCH_MILVUS_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token == {"name": SECRET, "key": "MEDSEARCH_MILVUS_TOKEN", "optional": True}
+    # One key for every catalog replica (else one patient gets a pseudonym per replica), and
+    # not optional: without it DICOM ingest would be off.
+    key = env_of("catalog")["MEDSEARCH_CATALOG_PSEUDONYM_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": SECRET, "key": "MEDSEARCH_CATALOG_PSEUDONYM_KEY"}
+
+
+def test_compose_keeps_the_pseudonym_key_across_restarts() -> None:
+    """Unless the operator gives a key, the catalog makes one on its first start in a named
+    volume, so a recreated container keeps every patient's pseudonym."""
+    catalog = load(COMPOSE)["services"]["catalog"]
+    key_file = catalog["environment"]["MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE"]
+    assert catalog["environment"]["MEDSEARCH_CATALOG_PSEUDONYM_KEY"] == "${MEDSEARCH_CATALOG_PSEUDONYM_KEY:-}"
+    mounts = dict(volume.split(":", 1) for volume in catalog["volumes"])
+    assert mounts == {"catalog-keys": str(Path(key_file).parent)}
+    dockerfile = (REPO_ROOT / "services/catalog/Dockerfile").read_text()
+    assert f"-o 10001 -g 10001 -m 0700 {Path(key_file).parent}" in dockerfile  # writable by the service
 
 
 def test_network_policies_let_only_the_gateway_be_reached_from_outside() -> None:
