@@ -14,6 +14,7 @@ from PIL import Image
 from werkzeug.test import TestResponse
 
 from tests.catalog.conftest import row_counts, upload
+from tests.support.id_ranges import BAD_QUERY_RANGES
 
 NIH_IMAGE = "nih_cxr14/images/00000100_000.png"
 
@@ -189,6 +190,17 @@ def test_upload_without_exactly_one_file_is_400(catalog: FlaskClient, database_u
     )
     assert_problem(no_metadata, 422, "'metadata'")
     assert row_counts(database_url) == {"images": 0, "image_files": 0, "index_states": 0}
+
+
+@pytest.mark.parametrize(("params", "words"), BAD_QUERY_RANGES, ids=lambda v: repr(v)[:40])
+def test_a_bad_range_of_index_states_is_400(
+    catalog: FlaskClient, database_url: str, params: dict[str, str], words: str
+) -> None:
+    before = row_counts(database_url)
+    response = catalog.get("/v1/models/m1/index-states", query_string=params)
+    assert_problem(response, 400, words)
+    assert response.json is not None and response.json["type"] == "urn:medsearch:problem:malformed-request"
+    assert row_counts(database_url) == before
 
 
 @pytest.mark.parametrize(

@@ -155,6 +155,22 @@ def test_batch_of_index_states_answer(catalog: FlaskClient) -> None:
     assert [i["id"] for i in body["items"]] == [a, b] and body["missing"] == [77]
 
 
+def test_index_states_in_a_range_answer(catalog: FlaskClient) -> None:
+    a, b, c = (add(catalog, seed)["id"] for seed in (11, 12, 13))
+    states = [{"id": a, "state": "indexed"}, {"id": c, "state": "failed", "reason": "x"}]
+    assert catalog.put("/v1/models/m-1/index-states", json={"items": states}).status_code == 200
+    assert catalog.delete(f"/v1/images/{c}").status_code == 204
+    response = catalog.get(STATES.replace("/m/", "/m-1/"), query_string={"from": 0, "to": c + 1})
+    body = check(response, STATES_PATH, "get")
+    # No state for the model is pending; the deleted image is gone, but its ID was given.
+    assert body == {
+        "items": [{"image_id": a, "state": "indexed"}, {"image_id": b, "state": "pending"}],
+        "max_image_id": c,
+    }
+    above = catalog.get(STATES, query_string={"from": c + 1, "to": c + 16_001})
+    assert check(above, STATES_PATH, "get") == {"items": [], "max_image_id": c}
+
+
 @pytest.mark.parametrize(
     ("part", "types"), [("file", {"image/png"}), ("thumbnail", {"image/webp", "image/png"})]
 )
@@ -207,6 +223,8 @@ def test_problems(catalog: FlaskClient, database_url: str) -> None:
         (upload_batch(catalog, [png(1)], [{}, {}]), 400, "/v1/images/batch", "post"),
         (upload_batch(catalog, [png(1)], "[[" * 30000), 422, "/v1/images/batch", "post"),
         (upload_batch(catalog, [png(i) for i in range(33)]), 413, "/v1/images/batch", "post"),
+        (catalog.get(STATES, query_string={"from": 5, "to": 1}), 400, STATES_PATH, "get"),
+        (catalog.get("/v1/models/-bad/index-states?from=0&to=1"), 400, STATES_PATH, "get"),
         (catalog.put(STATES, json={"items": [{"id": 1, "state": "failed"}]}), 422, STATES_PATH, "put"),
         (catalog.put(STATES, data="{", content_type="application/json"), 400, STATES_PATH, "put"),
         (
@@ -262,6 +280,8 @@ def test_database_down_gives_documented_503s(make_catalog_app: Any) -> None:
     assert check(batch, "/v1/images/batch", "post")["status"] == 503
     states = client.put(STATES, json={"items": [{"id": 1, "state": "indexed"}]})
     assert check(states, STATES_PATH, "put")["status"] == 503
+    listed = client.get(STATES, query_string={"from": 0, "to": 10})
+    assert check(listed, STATES_PATH, "get")["status"] == 503
 
 
 def test_identity_answers(identity_catalog: FlaskClient, database_url: str) -> None:

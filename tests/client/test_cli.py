@@ -214,6 +214,8 @@ def test_ingest_with_an_unknown_map_field_is_a_usage_error(
         (["audit", "--image-id", "-4"], "expected 1 or more"),
         (["audit", "--since", "yesterday"], "ISO 8601"),
         (["audit", "--limit", "0"], "expected 1 or more"),
+        (["verify", "--batch", "16001"], "at most 16000 image IDs per request"),
+        (["verify", "--batch", "0"], "expected 1 or more"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(

@@ -9,6 +9,7 @@ import pytest
 
 from medsearch_common import validation
 from medsearch_common.validation import Invalid
+from tests.support.id_ranges import BAD_QUERY_RANGES
 
 
 class Refused(Invalid):
@@ -60,6 +61,22 @@ def test_integers_and_ids() -> None:
 def test_ids_in_paths_are_digits_within_bigint(raw: str) -> None:
     with pytest.raises(Invalid, match="positive integer"):
         validation.id_in_path(raw, "an image ID")
+
+
+def test_ranges_of_ids_are_half_open_and_bounded() -> None:
+    assert validation.id_range(0, 16_000) == (0, 16_000)
+    assert validation.id_range(2**63 - 2, 2**63 - 1) == (2**63 - 2, 2**63 - 1)
+    assert validation.id_range_in_query("10", "20", error=Refused) == (10, 20)
+
+
+# Unknown parameters are the services' own to refuse.
+RANGES_ONLY = [(params, words) for params, words in BAD_QUERY_RANGES if set(params) <= {"from", "to"}]
+
+
+@pytest.mark.parametrize(("params", "words"), RANGES_ONLY, ids=lambda v: repr(v)[:40])
+def test_bad_ranges_of_ids_in_a_query_name_what_is_wrong(params: dict[str, str], words: str) -> None:
+    with pytest.raises(Refused, match=re.escape(words)):
+        validation.id_range_in_query(params.get("from"), params.get("to"), error=Refused)
 
 
 def test_flags() -> None:

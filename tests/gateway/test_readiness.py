@@ -74,7 +74,7 @@ def test_the_public_readyz_with_hung_services_answers_within_the_deadline(
     app = create_app(settings({name: hung_url() for name in SERVICES}, anonymous_readers=True))
     response, elapsed = timed(lambda: app.test_client().get("/readyz"))
     assert elapsed < DEADLINE_S + SLACK_S, elapsed
-    assert response.status_code == 503  # type: ignore[attr-defined]
+    assert response.json == {"status": "degraded", "service": "gateway"}  # type: ignore[attr-defined]
 
 
 def test_each_service_is_asked_once() -> None:
@@ -105,7 +105,7 @@ def test_an_admin_sees_which_services_hang_within_the_deadline(
     )
     response, elapsed = timed(lambda: app.test_client().get("/readyz", headers=stack.auth))
     assert elapsed < DEADLINE_S + SLACK_S, elapsed
-    assert response.status_code == 503  # type: ignore[attr-defined]
+    assert response.status_code == 200 and response.json["status"] == "degraded"  # type: ignore[attr-defined]
     checks = response.json["checks"]  # type: ignore[attr-defined]
     assert checks["catalog"] == "ok"
     assert "answer" in checks["embedder"] and "answer" in checks["search"]

@@ -22,6 +22,7 @@ from werkzeug.test import TestResponse
 from medsearch_search.app import create_app
 from medsearch_search.service import SearchService
 from tests.search.conftest import new_model_id, unit_vectors, upsert
+from tests.support.id_ranges import BAD_QUERY_RANGES
 
 DIM = 4
 STORED = unit_vectors(3, DIM, seed=3)
@@ -730,6 +731,28 @@ def test_get_of_a_missing_vector_is_404(existing: Existing) -> None:
         existing.client.get(url), 404, f"model {existing.model_id} has no vector with id 12345"
     )
     assert problem["type"] == "urn:medsearch:problem:vector-not-found"
+
+
+@pytest.mark.parametrize(("params", "words"), BAD_QUERY_RANGES, ids=lambda v: repr(v)[:40])
+def test_a_bad_range_of_vector_ids_is_400(existing: Existing, params: dict[str, str], words: str) -> None:
+    response = existing.client.get(f"/v1/models/{existing.model_id}/vector-ids", query_string=params)
+    problem = assert_refused(response, 400, words)
+    assert problem["type"] == "urn:medsearch:problem:invalid-request"
+    assert_still_serving(existing)
+
+
+def test_the_widest_range_of_vector_ids_lists_them_all(existing: Existing) -> None:
+    response = existing.client.get(
+        f"/v1/models/{existing.model_id}/vector-ids", query_string={"from": 0, "to": 16_000}
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.json == {"ids": [1, 2, 3]}
+    at_the_top = {"from": 2**63 - 2, "to": 2**63 - 1}
+    assert existing.client.get(
+        f"/v1/models/{existing.model_id}/vector-ids", query_string=at_the_top
+    ).json == {"ids": []}
+    bad_model = existing.client.get("/v1/models/-x/vector-ids", query_string={"from": 0, "to": 5})
+    assert_refused(bad_model, 400, "a model_id is 1-128 of")
 
 
 # -- edge cases that once failed ----------------------------------------------------------------------------

@@ -280,6 +280,31 @@ def test_a_delete_is_gone_from_the_very_next_search(search: FlaskClient, model_i
         assert i not in search_ids(search, model_id, vector, k=8)
 
 
+def vector_ids(client: FlaskClient, model_id: str, first: int, end: int) -> list[int]:
+    response = client.get(f"/v1/models/{model_id}/vector-ids", query_string={"from": first, "to": end})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    ids: list[int] = response.json["ids"]  # type: ignore[index]
+    return ids
+
+
+def test_vector_ids_are_exactly_the_stored_ids_of_the_range(loaded: tuple[FlaskClient, str]) -> None:
+    client, model_id = loaded
+    stored = [row.id for row in ROWS]
+    for first, end in ((0, 1), (0, 2), (10, 50), (0, 16_000), (len(ROWS), len(ROWS) + 5)):
+        assert vector_ids(client, model_id, first, end) == [i for i in stored if first <= i < end]
+
+
+def test_a_delete_is_gone_from_the_very_next_listing_of_ids(search: FlaskClient, model_id: str) -> None:
+    """What `verify` relies on: a listing sees every write and delete acknowledged before it."""
+    vectors = unit_vectors(8, 16, seed=43)
+    items = [{"id": i, "vector": vector.tolist()} for i, vector in enumerate(vectors, start=1)]
+    assert upsert(search, model_id, items).status_code == 200
+    assert vector_ids(search, model_id, 0, 100) == list(range(1, 9))
+    for i in range(1, 9):
+        assert search.delete(f"/v1/models/{model_id}/vectors/{i}").status_code == 204
+        assert vector_ids(search, model_id, 0, 100) == list(range(i + 1, 9))
+
+
 def test_base64_vectors_store_and_search_like_lists(search: FlaskClient, model_id: str) -> None:
     vectors = unit_vectors(8, 16, seed=31)
     encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]

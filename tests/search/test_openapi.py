@@ -41,6 +41,7 @@ MODELS = "/v1/models"
 MODEL = "/v1/models/{model_id}"
 VECTORS = "/v1/models/{model_id}/vectors"
 VECTOR = "/v1/models/{model_id}/vectors/{vector_id}"
+VECTOR_IDS = "/v1/models/{model_id}/vector-ids"
 SEARCH = "/v1/models/{model_id}/search"
 
 DIM = 8
@@ -222,6 +223,14 @@ def expect_unknown_attributes(c: Clients, body: Any) -> None:
     ) | {"findings": []}
 
 
+def expect_stored_ids(c: Clients, body: Any) -> None:
+    assert body == {"ids": [item["id"] for item in ITEMS]}
+
+
+def expect_no_ids(c: Clients, body: Any) -> None:
+    assert body == {"ids": []}
+
+
 def expect_self_first(c: Clients, body: Any) -> None:
     [hits] = body["results"]
     assert hits[0]["id"] == 1 and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
@@ -268,6 +277,22 @@ CASES: list[Case] = [
         "delete",
         204,
         lambda c: c.search.delete(at(VECTOR, c.model_id, 999)),
+    ),
+    Case(
+        "vector ids of a range",
+        VECTOR_IDS,
+        "get",
+        200,
+        lambda c: c.search.get(at(VECTOR_IDS, c.model_id), query_string={"from": 0, "to": 10}),
+        expect=expect_stored_ids,
+    ),
+    Case(
+        "vector ids of a model never written",
+        VECTOR_IDS,
+        "get",
+        200,
+        lambda c: c.search.get(at(VECTOR_IDS, new_model_id()), query_string={"from": 0, "to": 10}),
+        expect=expect_no_ids,
     ),
     Case(
         "search",
@@ -318,6 +343,15 @@ CASES: list[Case] = [
         lambda c: c.search.delete(at(VECTOR, c.model_id, 0)),
         "invalid-request",
         "vector id",
+    ),
+    Case(
+        "vector ids of an empty range",
+        VECTOR_IDS,
+        "get",
+        400,
+        lambda c: c.search.get(at(VECTOR_IDS, c.model_id), query_string={"from": 5, "to": 5}),
+        "invalid-request",
+        "to (5) must be greater than from (5)",
     ),
     Case(
         "search with k 0",
@@ -456,6 +490,14 @@ CASES: list[Case] = [
         "about:blank",
     ),
     Case(
+        "unplanned failure: vector ids",
+        VECTOR_IDS,
+        "get",
+        500,
+        lambda c: c.broken.get(at(VECTOR_IDS, c.model_id), query_string={"from": 0, "to": 10}),
+        "about:blank",
+    ),
+    Case(
         "unplanned failure: search",
         SEARCH,
         "post",
@@ -509,6 +551,15 @@ CASES: list[Case] = [
         "delete",
         503,
         lambda c: c.down.delete(at(VECTOR, c.model_id, 1)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: vector ids",
+        VECTOR_IDS,
+        "get",
+        503,
+        lambda c: c.down.get(at(VECTOR_IDS, c.model_id), query_string={"from": 0, "to": 10}),
         "milvus-unavailable",
         "Milvus",
     ),

@@ -1,9 +1,9 @@
-"""The `medsearch` command: ingest, search, reindex, eval and stats against a MedSearch gateway,
-and for an admin its API tokens and audit trail.
+"""The `medsearch` command: ingest, search, reindex, verify, eval and stats against a MedSearch
+gateway, and for an admin its API tokens and audit trail.
 
 Exit status: 0 when everything worked; 1 when an image or a call failed (each failure is
-listed); 2 when the command line or the CSV is wrong (nothing was sent); 130 when
-interrupted.
+listed); 2 when the command line or the CSV is wrong (nothing was sent); 3 when `verify
+--dry-run` found the catalog and the search service disagreeing; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from medsearch_client.client import (
     Image,
     Indexed,
     SearchHit,
+    Verification,
     default_token_file,
     find_token,
 )
@@ -57,6 +58,7 @@ from medsearch_client.sources import FORMATS, IngestItem, SourceError, SourceOpt
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_DRIFT = 3
 EXIT_INTERRUPTED = 130
 # An ingest waits for the embedder, which may be busy with other uploads: be patient.
 DEFAULT_TIMEOUT_S = 300.0
@@ -69,6 +71,11 @@ MAX_BATCH_SIZE = 32
 MAX_BATCH_BYTES = 48 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_INGEST_CONCURRENCY = 4
+# Image IDs per verify request: the gateway takes ranges of up to 16,000 (one Milvus query).
+DEFAULT_VERIFY_BATCH = 10_000
+MAX_VERIFY_BATCH = 16_000
+# Drifted image IDs listed by name; the summary counts them all.
+LISTED_DRIFT = 20
 # The audit trail's actions, as the gateway records them.
 AUDIT_ACTIONS = (
     "search",
@@ -311,6 +318,72 @@ def reindex(args: argparse.Namespace, client: GatewayClient) -> int:
     jobs = [
         single(_image_name(image), partial(client.index_image, image["id"], force=args.all))
         for image in images
+    ]
+    return report(run_jobs(jobs, args.concurrency, "reindex"))
+
+
+@dataclass
+class Drift:
+    """What `verify` found, added up over the ranges it walked."""
+
+    checked: int = 0
+    vectors: int = 0
+    indexed_without_vector: list[int] = field(default_factory=list)
+    vector_without_image: list[int] = field(default_factory=list)
+
+    def add(self, found: Verification) -> None:
+        self.checked += found["checked"]
+        self.vectors += found["vectors"]
+        self.indexed_without_vector.extend(found["indexed_without_vector"])
+        self.vector_without_image.extend(found["vector_without_image"])
+
+    def __bool__(self) -> bool:
+        return bool(self.indexed_without_vector or self.vector_without_image)
+
+    def summary(self) -> str:
+        """`N images, M vectors: A indexed without a vector, B vectors without an image`."""
+        return (
+            f"{self.checked} images, {self.vectors} vectors: {len(self.indexed_without_vector)} indexed "
+            f"without a vector, {len(self.vector_without_image)} vectors without an image"
+        )
+
+
+def verify(args: argparse.Namespace, client: GatewayClient) -> int:
+    """Walk every image ID the catalog has given, a range per request, comparing the catalog's
+    index states with the search service's vectors; repair the drift (unless --dry-run), then
+    index again the images that were marked indexed without a vector, as `reindex` would."""
+    model = _active_model(client)
+    repair = not args.dry_run
+    drift = Drift()
+    found = client.verify(0, args.batch, repair=repair)  # its answer says how far to walk
+    drift.add(found)
+    end = (found["max_image_id"] or 0) + 1
+    print(f"verifying image IDs 0-{end - 1} of model {model}", file=sys.stderr)
+    with tqdm(total=end, desc="verify", unit="id", file=sys.stderr, disable=None) as bar:
+        bar.update(min(args.batch, end))
+        for first in range(args.batch, end, args.batch):
+            drift.add(client.verify(first, first + args.batch, repair=repair))
+            bar.update(min(args.batch, end - first))
+            bar.set_postfix_str(drift.summary(), refresh=False)
+    outcome = "" if not drift else "; nothing changed (--dry-run)" if args.dry_run else "; repaired"
+    print(drift.summary() + outcome, flush=True)
+    for what, ids in (
+        ("indexed without a vector", drift.indexed_without_vector),
+        ("vector without an image", drift.vector_without_image),
+    ):
+        for image_id in ids[:LISTED_DRIFT]:
+            print(f"{what}: image {image_id}", file=sys.stderr)
+        if len(ids) > LISTED_DRIFT:
+            print(f"{what}: {len(ids) - LISTED_DRIFT} more", file=sys.stderr)
+    if args.dry_run:
+        return EXIT_DRIFT if drift else EXIT_OK
+    if not drift.indexed_without_vector:
+        return EXIT_OK
+    # Marked pending: index them now, so that both stores agree when this command ends
+    # (interrupted, `medsearch reindex` finishes it).
+    jobs = [
+        single(f"image {image_id}", partial(client.index_image, image_id))
+        for image_id in drift.indexed_without_vector
     ]
     return report(run_jobs(jobs, args.concurrency, "reindex"))
 
@@ -698,6 +771,15 @@ def _batch_size(text: str) -> int:
     return size
 
 
+def _verify_batch(text: str) -> int:
+    size = _positive_int(text)
+    if size > MAX_VERIFY_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"the gateway takes at most {MAX_VERIFY_BATCH} image IDs per request"
+        )
+    return size
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -799,6 +881,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--concurrency", type=_positive_int, default=4, help="parallel requests (default 4)")
     cmd.set_defaults(handler=reindex)
+
+    cmd = commands.add_parser(
+        "verify",
+        parents=[connection],
+        help="compare the catalog with the search service and repair where they disagree",
+        description="Compare, for the active model, the catalog's index states with the vectors the "
+        "search service holds, every image ID in ranges of --batch: an image marked indexed without "
+        "a vector is marked pending and indexed again, a vector without an image is deleted. Safe "
+        "while images are added and deleted. Exit status 0 when both agree (or now do), 3 when "
+        "--dry-run found them disagreeing.",
+    )
+    cmd.add_argument("--dry-run", action="store_true", help="report the drift, change nothing")
+    cmd.add_argument(
+        "--batch",
+        type=_verify_batch,
+        default=DEFAULT_VERIFY_BATCH,
+        metavar="N",
+        help=f"image IDs per request (1-{MAX_VERIFY_BATCH}, default {DEFAULT_VERIFY_BATCH})",
+    )
+    cmd.add_argument(
+        "--concurrency", type=_positive_int, default=4, help="parallel reindex requests (default 4)"
+    )
+    cmd.set_defaults(handler=verify)
 
     cmd = commands.add_parser(
         "eval",

@@ -1,10 +1,11 @@
 """A client of the MedSearch gateway's public API (`/api/v1`): typed calls, timeouts, retries.
 
 Every call here but `create_token` is safe to repeat (ingest is idempotent by the image's
-sha256, indexing by image ID, revoking a revoked token is a no-op, search and reads change
-nothing), so each one is retried with backoff when the gateway says a service is down or
-slow (502/503/504) or does not answer at all; a 4xx is the request's own fault and is
-raised at once. A token is created once: a retry after a lost answer would make a second.
+sha256, indexing by image ID, revoking a revoked token is a no-op, a verify repairs only what
+it finds, search and reads change nothing), so each one is retried with backoff when the
+gateway says a service is down or slow (502/503/504) or does not answer at all; a 4xx is the
+request's own fault and is raised at once. A token is created once: a retry after a lost
+answer would make a second.
 
 Also the token file `make run` writes and `medsearch` reads (`default_token_file`).
 """
@@ -87,6 +88,18 @@ class Stats(TypedDict):
     images: int
     datasets: dict[str, int]
     index: IndexCounts | None
+
+
+class Verification(TypedDict):
+    """What the gateway found comparing the catalog with the search service for a range of IDs."""
+
+    model_id: str
+    checked: int  # the catalog's images in the range
+    vectors: int  # the search service's vectors in the range
+    indexed_without_vector: list[int]
+    vector_without_image: list[int]
+    repaired: bool
+    max_image_id: int | None  # the highest image ID the catalog has given: where a walk ends
 
 
 Role = Literal["reader", "editor", "admin"]
@@ -431,6 +444,13 @@ class GatewayClient:
     def stats(self) -> Stats:
         """How many images there are, per dataset, and their index state for the active model."""
         return cast(Stats, _json(self._request("GET", "/api/v1/stats")))
+
+    def verify(self, first: int, end: int, *, repair: bool) -> Verification:
+        """Compare the catalog's index states with the search service's vectors for the active
+        model and the image IDs [first, end) (at most 16,000); with `repair`, images indexed
+        without a vector are marked pending and vectors without an image deleted."""
+        body = {"from": first, "to": end, "repair": repair}
+        return cast(Verification, _json(self._request("POST", "/api/v1/verify", json=body)))
 
     # -- API tokens and the audit trail (admin) -----------------------------------------
 

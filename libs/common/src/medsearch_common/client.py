@@ -31,6 +31,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # The one status that says "not done; come back later". A 502 or 504 may come after the work
 # ran (or while it still runs): sending it again could double it.
 RETRYABLE_STATUSES = frozenset({503})
+# How long a caller should wait when a service could not be reached at all, or a call failed
+# midway: about one supervised restart of a crashed service (its first backoffs: 1, 2, 4 s).
+DEFAULT_RETRY_AFTER_S = 5
 # A dependency's name as a service reports it (milvus, postgresql, model): never an address.
 _PLAIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -177,7 +180,9 @@ class ServiceClient:
             except requests.ConnectTimeout:
                 send_again = True
                 error = UpstreamUnavailable(
-                    self.service, f"{self.service} did not accept a connection in time"
+                    self.service,
+                    f"{self.service} did not accept a connection in time",
+                    retry_after_s=DEFAULT_RETRY_AFTER_S,
                 )
             except (requests.Timeout, requests.ConnectionError) as exc:
                 if isinstance(exc, requests.Timeout) or _is_read_timeout(exc):
@@ -187,7 +192,11 @@ class ServiceClient:
                 else:
                     send_again = _never_connected(exc) or _closed_unanswered(exc)
                     # The address stays in the log: the gateway shows this detail to the public.
-                    error = UpstreamUnavailable(self.service, f"{self.service} is unreachable")
+                    error = UpstreamUnavailable(
+                        self.service,
+                        f"{self.service} is unreachable",
+                        retry_after_s=DEFAULT_RETRY_AFTER_S,
+                    )
             except requests.RequestException as exc:
                 # e.g. a body cut short: the service broke off its answer.
                 error = UpstreamFailed(

@@ -48,11 +48,14 @@ def create_service_app(
     error_statuses: Mapping[type[Exception], int] | None = None,
     max_content_length: int | None = None,
     readiness_details: Callable[[], bool] | None = None,
+    serves_degraded: bool = False,
 ) -> Flask:
     """A Flask app with MedSearch's common behaviour; the service adds its blueprint.
 
     `readiness_details` says whether this request may see which dependency is failing; when
-    it says no, `/readyz` answers only ready or not (the public face of a service).
+    it says no, `/readyz` answers only ready or not (the public face of a service). A service
+    that `serves_degraded` stays ready (200, status "degraded") while a dependency fails: it
+    still has something to serve, and its callers get a 503 naming what is missing.
     """
     app = Flask(f"medsearch_{service}", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_content_length
@@ -139,14 +142,19 @@ def create_service_app(
     def readyz() -> Response:
         checks = dict(readiness())
         ready = all(reason is None for reason in checks.values())
-        if readiness_details is not None and not readiness_details():
-            if ready:
-                return jsonify(status="ready", service=service)
-            return problem_response(503, f"{service} is not ready", slug="not-ready")
+        details = readiness_details is None or readiness_details()
         if ready:
+            if not details:
+                return jsonify(status="ready", service=service)
             return jsonify(status="ready", service=service, checks=dict.fromkeys(checks, "ok"))
         # Any reason, even an empty one, means the check failed.
         reasons = {name: "ok" if reason is None else reason or "failed" for name, reason in checks.items()}
+        if serves_degraded:
+            if not details:
+                return jsonify(status="degraded", service=service)
+            return jsonify(status="degraded", service=service, checks=reasons)
+        if not details:
+            return problem_response(503, f"{service} is not ready", slug="not-ready")
         failing = ", ".join(
             f"{name}: {reasons[name]}" for name, reason in checks.items() if reason is not None
         )

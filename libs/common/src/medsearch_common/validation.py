@@ -18,6 +18,9 @@ from typing import Any
 
 MAX_TEXT_CHARS = 256
 MAX_ID = 2**63 - 1  # PostgreSQL bigint, Milvus Int64
+# The widest range of image IDs one request may cover: the search service answers it with one
+# Milvus query, and Milvus returns at most 16,384 rows per query.
+MAX_ID_SPAN = 16_000
 # C0 controls (tab, newline and carriage return included: every text field is one line, shown
 # to people and filtered on), DEL and the C1 controls.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -83,6 +86,35 @@ def id_in_path(raw: str, what: str, *, error: type[Invalid] = Invalid) -> int:
     if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_ID:
         raise error(f"{what} is a positive integer, got {raw[:40]!r}")
     return int(raw)
+
+
+def id_range(first: Any, end: Any, *, error: type[Invalid] = Invalid) -> tuple[int, int]:
+    """A range of image IDs [first, end) as JSON integers: 0 <= first < end <= 2^63-1, at most
+    MAX_ID_SPAN apart."""
+    first = integer(first, "from", 0, MAX_ID, error=error)
+    end = integer(end, "to", 0, MAX_ID, error=error)
+    if end <= first:
+        raise error(f"to ({end}) must be greater than from ({first}): the range is [from, to)")
+    if end - first > MAX_ID_SPAN:
+        raise error(f"from {first} to {end} spans {end - first} IDs; the limit is {MAX_ID_SPAN}")
+    return first, end
+
+
+def id_range_in_query(
+    raw_first: str | None, raw_end: str | None, *, error: type[Invalid] = Invalid
+) -> tuple[int, int]:
+    """A range of image IDs given as the query values `from` and `to` (digits only), checked as
+    `id_range` checks it."""
+    bounds = []
+    for name, raw in (("from", raw_first), ("to", raw_end)):
+        if raw is None:
+            raise error(
+                f"{name} is missing: give the range of image IDs as from=FIRST&to=END (END not included)"
+            )
+        if not _DIGITS.fullmatch(raw):
+            raise error(f"{name} must be a whole number from 0 to {MAX_ID}, got {raw[:40]!r}")
+        bounds.append(int(raw))
+    return id_range(*bounds, error=error)
 
 
 def flag(raw: str | None, name: str, *, error: type[Invalid] = Invalid) -> bool:

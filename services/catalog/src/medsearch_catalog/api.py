@@ -43,6 +43,7 @@ from medsearch_catalog.parsing import (
     parse_filter,
     parse_id,
     parse_id_list,
+    parse_id_range,
     parse_image_id,
     parse_index_state,
     parse_index_states,
@@ -208,6 +209,19 @@ def set_index_state(image_id: str, model_id: str) -> Response:
         change.image_id, parse_model_id(model_id), change.state, change.reason
     )
     return jsonify(model_id=model_id, **index_state_json(saved))
+
+
+@blueprint.get("/models/<model_id>/index-states")
+def list_index_states(model_id: str) -> Response:
+    """Each image's state for a model in a range of IDs: what `medsearch verify` compares with
+    the search service's vectors."""
+    _refuse_unknown_params({"from", "to"})
+    first, end = parse_id_range(request.args)
+    found = _context().repository.index_states_between(parse_model_id(model_id), first, end)
+    return jsonify(
+        items=[{"image_id": image_id, "state": state} for image_id, state in found.states],
+        max_image_id=found.max_image_id,
+    )
 
 
 @blueprint.put("/models/<model_id>/index-states")

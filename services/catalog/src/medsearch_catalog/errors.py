@@ -56,7 +56,7 @@ class InvalidIndexState(Exception):
     """An indexing state update is malformed: unknown state, a reason missing or not allowed (422)."""
 
 
-class MalformedRequest(Exception):
+class MalformedRequest(Invalid):
     """The request itself cannot be read: bad JSON, a missing part, a bad parameter (400)."""
 
 

@@ -19,6 +19,7 @@ from medsearch_catalog.errors import (
 from medsearch_catalog.identity import MAX_SECRET_CHARS, Identity
 from medsearch_catalog.metadata import MAX_TEXT_CHARS, SEXES
 from medsearch_catalog.repository import INDEX_STATES, ImageFilter, IndexStateChange
+from medsearch_common.validation import id_range_in_query
 
 MAX_BATCH_IDS = 100
 MAX_BATCH_IMAGES = 32
@@ -47,6 +48,11 @@ def parse_id_list(raw: str) -> list[int]:
     if len(parts) > MAX_BATCH_IDS:
         raise MalformedRequest(f"'ids' lists {len(parts)} IDs; the limit is {MAX_BATCH_IDS}")
     return [parse_image_id(p) for p in parts]
+
+
+def parse_id_range(args: Any) -> tuple[int, int]:
+    """A range of image IDs [from, to) from the query parameters `from` and `to`."""
+    return id_range_in_query(args.get("from"), args.get("to"), error=MalformedRequest)
 
 
 def parse_model_id(raw: str) -> str:

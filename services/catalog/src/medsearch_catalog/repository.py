@@ -81,6 +81,15 @@ class IndexCounts:
 
 
 @dataclass(frozen=True)
+class IndexStatesInRange:
+    """Each image's state for one model in a range of IDs, and the highest ID the catalog ever gave."""
+
+    states: list[tuple[int, str]]  # by ascending ID; "pending" for an image with no state for the model
+    # Images since deleted count: a vector left behind by one may hold an ID above any image's.
+    max_image_id: int | None
+
+
+@dataclass(frozen=True)
 class CatalogStats:
     images: int
     datasets: dict[str, int]
@@ -339,6 +348,25 @@ class ImageRepository:
             [(c.image_id, saved[c.image_id]) for c in changes if c.image_id in saved],
             [c.image_id for c in changes if c.image_id not in saved],
         )
+
+    def index_states_between(self, model_id: str, first: int, end: int) -> IndexStatesInRange:
+        """The states for the model of the images with IDs in [first, end)."""
+        with self._ready_transaction() as conn:
+            rows = conn.execute(
+                """
+                SELECT i.id, COALESCE(s.state, 'pending') AS state
+                FROM images i LEFT JOIN index_states s ON s.image_id = i.id AND s.model_id = %s
+                WHERE i.id >= %s AND i.id < %s
+                ORDER BY i.id
+                """,
+                (model_id, first, end),
+            ).fetchall()
+            # The identity's sequence: IDs are never given twice, so its last is the highest ever.
+            given = conn.execute(
+                "SELECT pg_sequence_last_value(pg_get_serial_sequence('images', 'id')::regclass) AS max_id"
+            ).fetchone()
+        assert given is not None
+        return IndexStatesInRange([(row["id"], row["state"]) for row in rows], given["max_id"])
 
     def stats(self, model_id: str | None = None) -> CatalogStats:
         """Images in all, per dataset, and per state for each model with a state (and `model_id`)."""

@@ -39,6 +39,7 @@ REQUIRED_ROLE: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/images/{image_id}"): "editor",
     ("POST", "/api/v1/images/{image_id}/index"): "editor",
     ("GET", "/api/v1/pending"): "editor",
+    ("POST", "/api/v1/verify"): "editor",
     # Signing in is how an identity is made; signing out checks the session's CSRF token itself.
     ("POST", "/api/v1/session"): PUBLIC,
     ("DELETE", "/api/v1/session"): PUBLIC,

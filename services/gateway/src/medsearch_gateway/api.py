@@ -9,8 +9,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from medsearch_common import validation
 from medsearch_common.httpapp import error_problem
 from medsearch_gateway.clients import ImageRecord, SearchQuery, Upload
+from medsearch_gateway.consistency import Verification
 from medsearch_gateway.errors import ERROR_STATUSES, InvalidRequest, UnsupportedUpload, UploadTooLarge
 from medsearch_gateway.flows import Gateway, Hit, Ingested
 from medsearch_gateway.guard import note
@@ -132,6 +134,16 @@ def list_pending() -> Response:
     return jsonify(model_id=model_id, items=items, next_cursor=page.next_cursor)
 
 
+@blueprint.post("/verify")
+def verify() -> Response:
+    """Compare the catalog's index states with the search service's vectors for a range of image
+    IDs, and repair the drift when asked: what `medsearch verify` calls, range after range."""
+    first, end, repair = parse_verify(request.get_data(as_text=True))
+    verification = _gateway().verify(first, end, repair=repair)
+    note().detail = _verify_detail(first, end, verification)
+    return jsonify(_verification_json(verification))
+
+
 @blueprint.get("/images/<image_id>")
 def get_image(image_id: str) -> Response:
     model_id, image = _gateway().image(parse_image_id(image_id))
@@ -231,6 +243,26 @@ def parse_flag(name: str, raw: str | None) -> bool:
     return value in ("true", "1", "on")
 
 
+def parse_verify(raw: str) -> tuple[int, int, bool]:
+    """A verify request's JSON: the range [from, to) of image IDs, and whether to repair (default: no)."""
+    if not raw.strip():
+        raise InvalidRequest('send a JSON body: {"from": FIRST, "to": END, "repair": true}')
+    body = _json("the body", raw)
+    if not isinstance(body, dict):
+        raise InvalidRequest('the body must be a JSON object: {"from": FIRST, "to": END, "repair": true}')
+    unknown = sorted(set(body) - {"from", "to", "repair"})
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)[:200]}; known: from, to, repair")
+    repair = body.get("repair", False)
+    if not isinstance(repair, bool):
+        raise InvalidRequest(f"repair must be true or false, got {validation.json_type(repair)}")
+    try:
+        first, end = validation.id_range(body.get("from"), body.get("to"))
+    except validation.Invalid as exc:  # the contract's words, as this API's 400
+        raise InvalidRequest(str(exc)) from None
+    return first, end, repair
+
+
 def parse_image_id(raw: str) -> int:
     image_id = parse_id(raw, "an image ID")
     note().image_id = image_id
@@ -325,6 +357,28 @@ def _ingested_json(ingested: Ingested) -> dict[str, Any]:
         "model_id": ingested.model_id,
         "already_indexed": ingested.already_indexed,
     }
+
+
+def _verification_json(verification: Verification) -> dict[str, Any]:
+    return {
+        "model_id": verification.model_id,
+        "checked": verification.checked,
+        "vectors": verification.vectors,
+        "indexed_without_vector": verification.drift.indexed_without_vector,
+        "vector_without_image": verification.drift.vector_without_image,
+        "repaired": verification.repaired,
+        "max_image_id": verification.max_image_id,
+    }
+
+
+def _verify_detail(first: int, end: int, verification: Verification) -> str:
+    """The audit event's detail (recorded as a reindex: the trail's actions are fixed)."""
+    drift = verification.drift
+    return (
+        f"verify of image IDs {first}-{end - 1}: {len(drift.indexed_without_vector)} indexed without a "
+        f"vector, {len(drift.vector_without_image)} vectors without an image"
+        + ("; repaired" if verification.repaired else "")
+    )
 
 
 def _hits_json(hits: list[Hit], model_id: str) -> list[dict[str, Any]]:

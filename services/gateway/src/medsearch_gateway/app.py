@@ -53,13 +53,16 @@ def create_app(settings: GatewaySettings, services: Services | None = None) -> F
     """The app over `services` (by default, clients of the services the settings name)."""
     services = services or Services.from_settings(settings)
     gateway = Gateway(services)
-    # Which dependency is failing is for admins: the public /readyz says only ready or not.
+    # Which dependency is failing is for admins: the public /readyz says only ready or
+    # degraded. Degraded is still ready: the UI and sign-in stay up while, say, the catalog's
+    # database is down, and each call that needs it answers a 503 naming it.
     app = create_service_app(
         "gateway",
         readiness=gateway.readiness,
         error_statuses=ERROR_STATUSES,
         max_content_length=settings.max_upload_bytes + _FORM_OVERHEAD_BYTES,
         readiness_details=lambda: _guard(app).caller_or_anonymous().role == "admin",
+        serves_degraded=True,
     )
     app.config["MAX_FORM_MEMORY_SIZE"] = _FORM_OVERHEAD_BYTES
     app.config["MEDSEARCH_MAX_UPLOAD_BYTES"] = settings.max_upload_bytes

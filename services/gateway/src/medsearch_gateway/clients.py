@@ -8,6 +8,7 @@ comes back as the gateway's own 4xx with that service's explanation.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -15,7 +16,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
-from medsearch_common.client import RetryPolicy, ServiceClient, UpstreamError, UpstreamRejected
+from medsearch_common.client import (
+    RetryPolicy,
+    ServiceClient,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from medsearch_common.vectors import pack_vector
 from medsearch_gateway.errors import (
     ImageNotFound,
@@ -25,6 +32,8 @@ from medsearch_gateway.errors import (
     UploadTooLarge,
 )
 from medsearch_gateway.settings import GatewaySettings, Upstream
+
+log = logging.getLogger(__name__)
 
 # The attributes the search service filters on, copied from the catalog's metadata.
 FILTER_ATTRIBUTES = ("dataset", "patient_id", "sex", "age", "view_position", "findings")
@@ -123,12 +132,20 @@ class Stored:
 
 @dataclass(frozen=True)
 class Refused:
-    """One item of a batch a service would not take, and why (as a public 4xx)."""
+    """One item of a batch `service` would not take, and why: a public 4xx, or a 503 when the
+    service could not take it now (its own words then stay in the log, as for any 5xx)."""
 
+    service: str
     status: int
     detail: str
 
     def error(self) -> Exception:
+        if self.status >= 500:
+            log.warning(
+                "batch item refused",
+                extra={"upstream": self.service, "status": self.status, "upstream_detail": self.detail},
+            )
+            return UpstreamUnavailable(self.service, f"{self.service} is unavailable")
         return _REJECTED_AS.get(self.status, ImageRejected)(self.detail)
 
 
@@ -219,11 +236,11 @@ class EmbedderClient:
             idempotent=True,  # a pure function of the bytes: safe to send again
         )
         body = response.json()
-        outcomes: list[PackedVector | Refused] = [Refused(422, "not embedded")] * len(uploads)
+        outcomes: list[PackedVector | Refused] = [Refused("embedder", 422, "not embedded")] * len(uploads)
         for item in body["data"]:
             outcomes[item["index"]] = item["embedding"]
         for error in body.get("errors", []):
-            outcomes[error["index"]] = Refused(error["status"], error["detail"])
+            outcomes[error["index"]] = Refused("embedder", error["status"], error["detail"])
         return outcomes, self._remember(body["model"])
 
     def refusals(self, exc: UpstreamRejected, count: int) -> list[Refused]:
@@ -231,8 +248,8 @@ class EmbedderClient:
         errors = exc.problem.get("errors")
         if not isinstance(errors, list) or len(errors) != count:
             refused = user_error(exc)
-            return [Refused(exc.status, str(refused))] * count
-        return [Refused(error["status"], error["detail"]) for error in errors]
+            return [Refused("embedder", exc.status, str(refused))] * count
+        return [Refused("embedder", error["status"], error["detail"]) for error in errors]
 
     def render(self, upload: Upload) -> bytes:
         try:
@@ -308,6 +325,11 @@ class SearchClient:
             if exc.status != 404:  # no collection for that model: nothing to delete
                 raise
 
+    def vector_ids(self, model_id: str, first: int, end: int) -> set[int]:
+        """The IDs in [first, end) that hold a vector for the model (none when it has no collection)."""
+        body = self.client.get_json(f"/v1/models/{model_id}/vector-ids", params={"from": first, "to": end})
+        return set(body["ids"])
+
 
 class CatalogClient:
     def __init__(self, client: ServiceClient) -> None:
@@ -345,7 +367,7 @@ class CatalogClient:
             if "image" in item:
                 outcomes.append(Stored(ImageRecord.from_json(item["image"]), item["status"] == 201))
             else:
-                outcomes.append(Refused(item["status"], item["detail"]))
+                outcomes.append(Refused("catalog", item["status"], item["detail"]))
         return outcomes
 
     def image(self, image_id: int) -> ImageRecord:
@@ -395,6 +417,12 @@ class CatalogClient:
     def counts(self, model_id: str | None) -> CatalogCounts:
         body = self.client.get_json("/v1/stats", params={"model_id": model_id} if model_id else None)
         return CatalogCounts(body["images"], body["datasets"], body["models"])
+
+    def index_states(self, model_id: str, first: int, end: int) -> tuple[dict[int, str], int | None]:
+        """Each image's state for the model in [first, end) (pending when it has none), and the
+        highest image ID the catalog has given."""
+        body = self.client.get_json(f"/v1/models/{model_id}/index-states", params={"from": first, "to": end})
+        return {item["image_id"]: item["state"] for item in body["items"]}, body["max_image_id"]
 
 
 def _readiness_of(client: ServiceClient) -> str | None:

@@ -44,11 +44,13 @@ class NotIndexed(Exception):
 class IngestIncomplete(Exception):
     """The image is stored but not indexed: a service failed after the catalog step (503).
 
-    The problem names the image and its state, and a retry of the same upload completes it.
+    The problem names the image and its state, and a retry of the same upload completes it:
+    after the failing service's own Retry-After when it gave one.
     """
 
-    def __init__(self, detail: str, *, image_id: int, dependency: str) -> None:
+    def __init__(self, detail: str, *, image_id: int, dependency: str, retry_after_s: int) -> None:
         super().__init__(detail)
+        self.problem_headers = {"Retry-After": retry_after_s}
         self.problem_extensions: dict[str, Any] = {
             "image_id": image_id,
             "index_state": "pending",

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from medsearch_common.client import UpstreamError, UpstreamRejected
+from medsearch_common.client import DEFAULT_RETRY_AFTER_S, UpstreamError, UpstreamRejected
+from medsearch_gateway import consistency
 from medsearch_gateway.clients import (
     ActiveModel,
     ImageRecord,
@@ -22,6 +23,7 @@ from medsearch_gateway.clients import (
     StoredFile,
     Upload,
 )
+from medsearch_gateway.consistency import Verification
 from medsearch_gateway.errors import (
     IngestIncomplete,
     InvalidRequest,
@@ -224,6 +226,7 @@ class Gateway:
                         f"image {image_id} is stored but not indexed yet ({exc}); try again to finish",
                         image_id=image_id,
                         dependency=stage,
+                        retry_after_s=_retry_after_s(exc),
                     )
             return _complete(outcomes)
         for position, _ in embedded:
@@ -309,6 +312,12 @@ class Gateway:
         index = counts.models.get(model.model_id) if model else None
         return Stats(model, counts.images, counts.datasets, index)
 
+    def verify(self, first: int, end: int, *, repair: bool) -> Verification:
+        """Whether the catalog and the search service agree on the active model's index for
+        the image IDs [first, end); the drift repaired when asked (see consistency.py)."""
+        model_id = self.embedder.model().model_id
+        return consistency.verify(self.search_service, self.catalog, model_id, first, end, repair=repair)
+
     def readiness(self) -> dict[str, str | None]:
         return self.services.readiness()
 
@@ -331,6 +340,12 @@ class Gateway:
 
 # The kind of upload each stored type is, to index it from the catalog's bytes.
 _KINDS = {"image/png": "png", "image/jpeg": "jpeg", "application/dicom": "dicom"}
+
+
+def _retry_after_s(exc: UpstreamError) -> int:
+    """When to try an incomplete ingest again: when the failing service said, else soon."""
+    said = getattr(exc, "problem_headers", {}).get("Retry-After")
+    return said if isinstance(said, int) else DEFAULT_RETRY_AFTER_S
 
 
 def _raised(outcome: Outcome) -> Ingested:

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from medsearch_common.validation import id_range_in_query
 from medsearch_search.errors import InvalidRequest
 from medsearch_search.service import SearchService, parse_vector_id
 
@@ -46,6 +47,16 @@ def get_vector(model_id: str, vector_id: str) -> Response:
 def delete_vector(model_id: str, vector_id: str) -> tuple[str, int]:
     _service().delete(model_id, parse_vector_id(vector_id))
     return "", 204
+
+
+@blueprint.get("/models/<model_id>/vector-ids")
+def list_vector_ids(model_id: str) -> Response:
+    """Which IDs of a range hold a vector: what `medsearch verify` compares with the catalog."""
+    unknown = sorted(set(request.args) - {"from", "to"})
+    if unknown:
+        raise InvalidRequest(f"unknown parameter(s): {', '.join(unknown)}; known: from, to")
+    first, end = id_range_in_query(request.args.get("from"), request.args.get("to"), error=InvalidRequest)
+    return jsonify(ids=_service().vector_ids(model_id, first, end))
 
 
 @blueprint.post("/models/<model_id>/search")

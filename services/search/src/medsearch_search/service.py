@@ -91,6 +91,13 @@ class SearchService:
             raise VectorNotFound(f"model {model_id} has no vector with id {vector_id}")
         return stored
 
+    def vector_ids(self, model_id: str, first: int, end: int) -> list[int]:
+        """The IDs in [first, end) that hold a vector, ascending; none for a model never written."""
+        check_model_id(model_id)
+        return self._on_collection(
+            model_id, lambda c: self.store.ids_between(c, first, end), missing=lambda: []
+        )
+
     def delete(self, model_id: str, vector_id: int) -> None:
         """Idempotent: deleting what is not there is no error."""
         check_model_id(model_id)

@@ -275,6 +275,23 @@ class MilvusStore:
         row = dict(rows[0])
         return StoredVector(int(row["id"]), [float(x) for x in row["vector"]], Attributes.from_row(row))
 
+    def ids_between(self, collection: Collection, first: int, end: int) -> list[int]:
+        """The IDs of the stored vectors in [first, end), ascending; `end - first` is at most Milvus's
+        16,384 rows per query, so none is cut off."""
+        rows = self._call(
+            "list vector ids",
+            lambda c: c.query(
+                collection.name,
+                filter=f"id >= {int(first)} and id < {int(end)}",
+                output_fields=["id"],
+                limit=end - first,
+                timeout=self._timeout,
+                consistency_level="Strong",  # verify compares it with writes acknowledged just before
+            ),
+            collection,
+        )
+        return sorted(int(row["id"]) for row in rows)
+
     def delete(self, collection: Collection, vector_id: int) -> None:
         with self._write_guard():
             self._call(
