@@ -13,12 +13,21 @@ from werkzeug.datastructures import FileStorage
 
 from medsearch_common.problems import problem_response, problem_type, slug_of
 from medsearch_common.vectors import pack_vector
-from medsearch_embedder.errors import ImageRejected, MalformedRequest, TooManyImages, status_of
-from medsearch_embedder.service import EmbeddingService
+from medsearch_embedder.errors import (
+    ImageRejected,
+    MalformedRequest,
+    ModelMismatch,
+    TooManyImages,
+    status_of,
+)
+from medsearch_embedder.preprocessing import Region
+from medsearch_embedder.service import EmbeddingService, ResultMaps
 
 EMBEDDER_EXTENSION = "medsearch_embedder"
 
 blueprint = Blueprint("embedder", __name__, url_prefix="/v1")
+# The most results one similarity-maps request may pair with its query: a page of results.
+MAX_MAP_RESULTS = 16
 
 
 def _service() -> EmbeddingService:
@@ -54,6 +63,49 @@ def create_embeddings() -> Response:
     )
 
 
+@blueprint.post("/similarity-maps")
+def create_similarity_maps() -> Response:
+    """The maps of one query (or a region of it) against each of up to MAX_MAP_RESULTS results."""
+    service = _service()
+    model = service.model_info()
+    asked_model = request.form.get("model_id")
+    if asked_model is not None and asked_model != model.model_id:
+        raise ModelMismatch(
+            f"the maps were asked for model {asked_model[:80]!r}, but this embedder runs {model.model_id}"
+        )
+    queries = _files("query", others=("results",))
+    if len(queries) != 1:
+        raise MalformedRequest(f"send exactly one file in the multipart field 'query' (got {len(queries)})")
+    results = _files("results", others=("query",))
+    if len(results) > MAX_MAP_RESULTS:
+        raise TooManyImages(f"{len(results)} results in one request; the limit is {MAX_MAP_RESULTS}")
+    region = _region(request.form.get("region"))
+    placement, outcomes = service.similarity_maps(
+        queries[0].read(), [upload.read() for upload in results], region
+    )
+    data = [
+        {
+            "index": i,
+            "score": round(outcome.maps.score, 6),
+            "query_map": _grid(outcome.maps.query),
+            "result_map": _grid(outcome.maps.result),
+            "result_extent": outcome.placement.to_json(),
+        }
+        for i, outcome in enumerate(outcomes)
+        if isinstance(outcome, ResultMaps)
+    ]
+    errors = [
+        _image_error(i, outcome) for i, outcome in enumerate(outcomes) if isinstance(outcome, ImageRejected)
+    ]
+    return jsonify(
+        model=model.to_json(),
+        query_extent=placement.to_json(),
+        region=[region.left, region.top, region.right, region.bottom] if region else None,
+        maps=data,
+        errors=errors,
+    )
+
+
 @blueprint.post("/render")
 def render() -> Response:
     """The image decoded as the model reads it, as a PNG: how the gateway shows a DICOM query."""
@@ -84,6 +136,24 @@ def _encoder(encoding: str) -> Callable[[NDArray[np.float32]], list[float] | str
     raise MalformedRequest(f'encoding must be "float" or "base64", got {encoding[:20]!r}')
 
 
+def _region(text: str | None) -> Region | None:
+    """`left,top,right,bottom` in the image's pixels, or none."""
+    if text is None or not text.strip():
+        return None
+    parts = text.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() and len(part.strip()) <= 6 for part in parts):
+        raise MalformedRequest(
+            f"region must be four whole numbers of pixels, left,top,right,bottom (got {text[:40]!r})"
+        )
+    left, top, right, bottom = (int(part) for part in parts)
+    return Region(left, top, right, bottom)
+
+
+def _grid(cells: NDArray[np.float64]) -> list[list[float]]:
+    """A map's cells, rows top to bottom; to 7 significant digits, which keep its sum exact to 1e-6."""
+    return [[float(f"{value:.7g}") for value in row] for row in cells]
+
+
 def _uploads() -> list[FileStorage]:
     limit = _service().settings.max_images_per_request
     uploads = _files("images")
@@ -92,17 +162,18 @@ def _uploads() -> list[FileStorage]:
     return uploads
 
 
-def _files(field: str) -> list[FileStorage]:
-    """The files of the multipart field `field`, at least one; files elsewhere are refused, not ignored."""
+def _files(field: str, *, others: tuple[str, ...] = ()) -> list[FileStorage]:
+    """The files of the multipart field `field`, at least one; files in fields neither `field`
+    nor one of `others` are refused, not ignored."""
     if request.mimetype != "multipart/form-data":
         raise MalformedRequest(
             f"send the {field} as multipart/form-data, one file per part in the field '{field}'"
             + (f" (got {request.mimetype})" if request.mimetype else "")
         )
-    others = sorted(name for name in request.files if name != field)
-    if others:
+    unexpected = sorted(name for name in request.files if name != field and name not in others)
+    if unexpected:
         raise MalformedRequest(
-            f"unexpected file field {', '.join(map(repr, others))}: send {field} in '{field}'"
+            f"unexpected file field {', '.join(map(repr, unexpected))}: send {field} in '{field}'"
         )
     if field in request.form:
         raise MalformedRequest(f"the field '{field}' must hold files, not text")

@@ -14,7 +14,9 @@ from medsearch_common.imaging import (
 __all__ = [
     "BlankImage",
     "ImageRejected",
+    "InvalidRegion",
     "MalformedRequest",
+    "ModelMismatch",
     "ModelNotReady",
     "MultiFrameImage",
     "NotAnImage",
@@ -29,6 +31,14 @@ __all__ = [
 
 class BlankImage(ImageRejected):
     """The model sees nothing in it: its features are all zero, so no similarity can be scored (422)."""
+
+
+class InvalidRegion(ImageRejected):
+    """A region outside the image, of no area, or too small for the model to see anything (422)."""
+
+
+class ModelMismatch(Exception):
+    """The request names a model other than the one loaded here (409)."""
 
 
 class MalformedRequest(Exception):
@@ -64,6 +74,7 @@ class Overloaded(Exception):
 ERROR_STATUSES: dict[type[Exception], int] = {
     **IMAGE_ERROR_STATUSES,
     MalformedRequest: 400,
+    ModelMismatch: 409,
     TooManyImages: 413,
     ModelNotReady: 503,
     Overloaded: 503,

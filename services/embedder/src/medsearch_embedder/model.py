@@ -36,6 +36,10 @@ CARD_SUFFIX = ".card.json"
 
 ARCHITECTURE = "resnet50"
 DIM = 2048
+# The last convolutional block's output, which the average pool turns into the vector: a
+# GRID x GRID map of DIM-d features, each cell seeing mostly its 32 x 32 px of the input.
+FEATURE_LAYER = "conv5_block3_out"
+GRID = 7
 
 
 class ModelLoadError(Exception):
@@ -82,9 +86,12 @@ def batch_sizes_up_to(max_batch: int) -> tuple[int, ...]:
 
 
 class Runner(Protocol):
-    """Runs one batch of at most `max_batch` inputs: (n, 224, 224) uint8 -> (n, 2048) float32."""
+    """Runs one batch of at most `max_batch` inputs: (n, 224, 224) uint8 -> (n, 2048) float32
+    vectors, or (n, 7, 7, 2048) float32 feature maps (for similarity maps)."""
 
     def __call__(self, inputs: NDArray[np.uint8]) -> NDArray[np.float32]: ...
+
+    def features(self, inputs: NDArray[np.uint8]) -> NDArray[np.float32]: ...
 
 
 class Embedder:
@@ -103,6 +110,15 @@ class Embedder:
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, DIM), dtype=np.float32)
 
+    def features(self, inputs: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """(n, 224, 224) uint8 -> (n, 7, 7, 2048) float32: the maps whose spatial mean, normalized,
+        is each input's vector."""
+        chunks = [
+            self._run.features(inputs[start : start + self.max_batch])
+            for start in range(0, len(inputs), self.max_batch)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, GRID, GRID, DIM), dtype=np.float32)
+
 
 class TensorFlowRunner:
     """Pads a batch up to the next traced size and runs that concrete function on the device."""
@@ -113,12 +129,19 @@ class TensorFlowRunner:
         self._device = device
 
     def __call__(self, inputs: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return self._run(inputs, 0)
+
+    def features(self, inputs: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return self._run(inputs, 1)
+
+    def _run(self, inputs: NDArray[np.uint8], output: int) -> NDArray[np.float32]:
         size = next(s for s in self._sizes if s >= len(inputs))
         padded = np.zeros((size, *inputs.shape[1:]), dtype=np.uint8)
         padded[: len(inputs)] = inputs
         with tf.device(self._device):
-            vectors = self._functions[size](tf.constant(padded))
-        return np.asarray(vectors, dtype=np.float32)[: len(inputs)]
+            # Only the output asked for leaves the device.
+            outputs = self._functions[size](tf.constant(padded))
+        return np.asarray(outputs[output], dtype=np.float32)[: len(inputs)]
 
 
 def load_embedder(
@@ -183,7 +206,7 @@ def load_embedder(
             description = f"onnxruntime {version} (converted from tensorflow {tf.__version__})"
     if run is None:
         sizes = batch_sizes_up_to(max_batch)
-        run = _traced(forward_function(model), device_name, sizes)
+        run = _traced(served_function(model), device_name, sizes)
         description = f"tensorflow {tf.__version__}"
     info = ModelInfo(
         model_id=identity,
@@ -202,15 +225,30 @@ def load_embedder(
     return Embedder(info, run)
 
 
+def served_function(model: keras.Model) -> Any:
+    """uint8 (n, 224, 224) -> (L2-normalized vectors (n, 2048), feature maps (n, 7, 7, 2048)),
+    both float32: what both runtimes run. The vector is the maps' spatial mean, normalized,
+    which is what makes a similarity map an exact decomposition of the score (maps.py)."""
+    with_maps = keras.Model(model.inputs, [model.output, model.get_layer(FEATURE_LAYER).output])
+
+    @tf.function  # type: ignore[untyped-decorator]
+    def served(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        pixels = tf.cast(images, tf.float32)
+        rgb = tf.repeat(pixels[..., tf.newaxis], 3, axis=-1)  # the grayscale X-ray on all three channels
+        pooled, features = with_maps(preprocess_input(rgb), training=False)
+        vectors = tf.math.l2_normalize(tf.cast(pooled, tf.float32), axis=1)
+        return vectors, tf.cast(features, tf.float32)
+
+    return served
+
+
 def forward_function(model: keras.Model) -> Any:
-    """uint8 (n, 224, 224) -> L2-normalized float32 (n, 2048): what both runtimes run."""
+    """uint8 (n, 224, 224) -> L2-normalized float32 (n, 2048): the served vectors alone."""
+    served = served_function(model)
 
     @tf.function  # type: ignore[untyped-decorator]
     def forward(images: tf.Tensor) -> tf.Tensor:
-        pixels = tf.cast(images, tf.float32)
-        rgb = tf.repeat(pixels[..., tf.newaxis], 3, axis=-1)  # the grayscale X-ray on all three channels
-        features = tf.cast(model(preprocess_input(rgb), training=False), tf.float32)
-        return tf.math.l2_normalize(features, axis=1)
+        return served(images)[0]
 
     return forward
 

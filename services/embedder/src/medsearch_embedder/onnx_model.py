@@ -5,7 +5,7 @@ and a process gives all of that back when it ends, where the service would keep 
 it for good. The child builds the model from the same weights, checks the model ID, converts,
 checks that ONNX Runtime gives TensorFlow's vectors, and hands the model over on its stdout.
 
-The result is cached as `<model ID>.opset<N>.onnx` with its SHA-256 beside it, each written
+The result is cached as `<model ID>.opset<N>.<format>.onnx` with its SHA-256 beside it, each written
 to a temporary file and renamed into place, so a crash never leaves half a file; a file that
 does not match its digest, or that ONNX Runtime cannot load, is converted again, never trusted.
 A cache folder that cannot be written costs only the cache: the model then runs from memory.
@@ -35,6 +35,9 @@ from medsearch_embedder.weights import WeightsSpec
 log = logging.getLogger("medsearch.embedder")
 
 OPSET = 17
+# Bump when the converted graph changes (v2: the feature maps as a second output), so that a
+# cached model of the old form is never loaded.
+FORMAT = "v2"
 # How far a conversion's vectors may be from TensorFlow's; measured: below 1e-6.
 MAX_COSINE_DISTANCE = 1e-4
 CONVERSION_TIMEOUT_S = 900
@@ -42,24 +45,32 @@ _INPUT = "images"
 
 
 class OnnxRunner:
-    """Runs a batch of any size through the ONNX Runtime session, as it is (no padding)."""
+    """Runs a batch of any size through the ONNX Runtime session, as it is (no padding). The
+    model has two outputs, the vectors and the feature maps; each call fetches only one."""
 
     def __init__(self, session: Any) -> None:
         self._session = session
+        self._vectors, self._features = (output.name for output in session.get_outputs())
 
     def __call__(self, inputs: NDArray[np.uint8]) -> NDArray[np.float32]:
-        [vectors] = self._session.run(None, {_INPUT: np.ascontiguousarray(inputs, dtype=np.uint8)})
-        return np.asarray(vectors, dtype=np.float32)
+        return self._run(inputs, self._vectors)
+
+    def features(self, inputs: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return self._run(inputs, self._features)
+
+    def _run(self, inputs: NDArray[np.uint8], output: str) -> NDArray[np.float32]:
+        [result] = self._session.run([output], {_INPUT: np.ascontiguousarray(inputs, dtype=np.uint8)})
+        return np.asarray(result, dtype=np.float32)
 
 
 class ConvertedModelCache:
-    """A folder of converted models: `<model ID>.opset<N>.onnx`, its SHA-256 in `<that>.sha256`."""
+    """A folder of converted models: `<model ID>.opset<N>.<format>.onnx`, its SHA-256 in `<that>.sha256`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     def path(self, model_id: str) -> Path:
-        return self.folder / f"{model_id}.opset{OPSET}.onnx"
+        return self.folder / f"{model_id}.opset{OPSET}.{FORMAT}.onnx"
 
     def read(self, model_id: str) -> bytes | None:
         """The cached model; None when there is none, or when it does not match its digest."""
@@ -223,23 +234,26 @@ def _convert(request: dict[str, Any]) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
-    from medsearch_embedder.model import build_model, forward_function, model_id
+    from medsearch_embedder.model import GRID, build_model, model_id, served_function
 
     path = request["path"]
     weights = WeightsSpec(request["mode"], path=Path(path) if path else None, seed=request["seed"])
     model = build_model(weights)
     if model_id(weights, model) != request["model_id"]:
         raise ModelLoadError(f"the weights changed while loading: not {request['model_id']} any more")
-    forward = forward_function(model)
+    served = served_function(model)
     signature = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE), tf.uint8, name=_INPUT)]
-    proto, _ = tf2onnx.convert.from_function(forward, input_signature=signature, opset=OPSET)
+    proto, _ = tf2onnx.convert.from_function(served, input_signature=signature, opset=OPSET)
     converted: bytes = proto.SerializeToString()
     probe = np.random.default_rng(0).integers(0, 256, (2, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
-    expected = np.asarray(forward(tf.constant(probe)), dtype=np.float64)
-    [got] = _session(converted).run(None, {_INPUT: probe})
+    expected = np.asarray(served(tf.constant(probe))[0], dtype=np.float64)
+    got, features = _session(converted).run(None, {_INPUT: probe})
     got = np.asarray(got, dtype=np.float64)
-    if got.shape != (len(probe), DIM):
-        raise ModelLoadError(f"the converted model gives vectors of shape {got.shape}, not (2, {DIM})")
+    if got.shape != (len(probe), DIM) or features.shape != (len(probe), GRID, GRID, DIM):
+        raise ModelLoadError(
+            f"the converted model gives vectors of shape {got.shape} and maps of {features.shape},"
+            f" not (2, {DIM}) and (2, {GRID}, {GRID}, {DIM})"
+        )
     cosine = np.sum(got * expected, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
     if not float(cosine.min()) >= 1 - MAX_COSINE_DISTANCE:
         raise ModelLoadError(

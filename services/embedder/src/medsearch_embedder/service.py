@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +19,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from medsearch_embedder.batching import DynamicBatcher
 from medsearch_embedder.errors import BlankImage, ImageRejected, ModelNotReady, Overloaded
-from medsearch_embedder.preprocessing import InputLimits, prepare, render_png
+from medsearch_embedder.maps import PairMaps, Placement, pair_maps
+from medsearch_embedder.preprocessing import (
+    InputLimits,
+    Prepared,
+    Region,
+    prepare,
+    prepare_region,
+    render_png,
+)
 from medsearch_embedder.settings import EmbedderSettings
 from medsearch_embedder.weights import locate_weights
 
@@ -27,6 +38,26 @@ log = logging.getLogger("medsearch.embedder")
 
 # One outcome per uploaded image, in order: its vector, or why it was rejected.
 Outcome = NDArray[np.float32] | ImageRejected
+# Feature maps kept for similarity maps: 400 KB each, 25 MB in all.
+_FEATURE_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ResultMaps:
+    """A result's maps against the query, and where its map lies on it."""
+
+    maps: PairMaps
+    placement: Placement
+
+
+# One outcome per result image of a similarity-maps request.
+MapOutcome = ResultMaps | ImageRejected
+# What the model saw of an image: its feature maps, and where they lie on it.
+Seen = tuple[NDArray[np.float32], Placement]
+
+
+def _feature_key(data: bytes, region: Region | None) -> str:
+    return hashlib.sha256(data).hexdigest() + (f"/{region}" if region else "")
 
 
 class _Metrics:
@@ -71,6 +102,12 @@ class EmbeddingService:
         self._embedder: Embedder | None = None
         self._batcher: DynamicBatcher | None = None
         self._load_error: str | None = None
+        # Similarity maps run beside the batcher (they need the feature maps, not the vectors),
+        # one call at a time, and keep the features of the last images seen: a query's maps
+        # against each of its results cost one forward pass for the query, not one per result.
+        self._maps_slots = threading.BoundedSemaphore(1)
+        self._maps_lock = threading.Lock()
+        self._feature_cache: OrderedDict[str, Seen] = OrderedDict()
         self._metrics.queue_depth.set_function(lambda: self._batcher.depth() if self._batcher else 0)
         if embedder is not None:
             self._start(embedder)
@@ -118,6 +155,61 @@ class EmbeddingService:
             ).inc()
         return outcomes  # type: ignore[return-value]
 
+    def similarity_maps(
+        self, query: bytes, results: Sequence[bytes], region: Region | None = None
+    ) -> tuple[Placement, list[MapOutcome]]:
+        """Where the query (or its `region`) and each result look alike: one outcome per result,
+        in order, a bad result image not failing the others. A bad query fails the request."""
+        uploads = [(query, region), *((data, None) for data in results)]
+        seen = self._features_of(uploads)
+        query_seen = seen[0]
+        if isinstance(query_seen, ImageRejected):
+            raise query_seen
+        query_features, query_placement = query_seen
+        if not np.any(query_features):
+            raise BlankImage("the model finds no features in the query")
+        outcomes: list[MapOutcome] = []
+        for result_seen in seen[1:]:
+            if isinstance(result_seen, ImageRejected):
+                outcomes.append(result_seen)
+            elif not np.any(result_seen[0]):
+                outcomes.append(BlankImage("the model finds no features in it"))
+            else:
+                outcomes.append(ResultMaps(pair_maps(query_features, result_seen[0]), result_seen[1]))
+        return query_placement, outcomes
+
+    def _features_of(self, uploads: Sequence[tuple[bytes, Region | None]]) -> list[Seen | ImageRejected]:
+        """Each upload's feature maps and placement, from the cache or one model call for all
+        the others; or why it could not be read."""
+        embedder = self._ready_embedder()
+        keys = [_feature_key(data, region) for data, region in uploads]
+        found: list[Seen | ImageRejected | None] = []
+        with self._maps_lock:
+            for key in keys:
+                found.append(self._feature_cache.get(key))
+                if found[-1] is not None:
+                    self._feature_cache.move_to_end(key)  # the least recently used goes first
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        prepared = list(self._decoder.map(lambda i: self._prepare_region(*uploads[i]), missing))
+        readable = [(i, p) for i, p in zip(missing, prepared, strict=True) if isinstance(p, Prepared)]
+        for i, p in zip(missing, prepared, strict=True):
+            if isinstance(p, ImageRejected):
+                found[i] = p
+        if readable:
+            if not self._maps_slots.acquire(timeout=self.settings.wait_timeout_s):
+                raise Overloaded("the embedder is busy with other similarity maps; try again shortly", 5)
+            try:
+                with self._metrics.inference_seconds.time():
+                    features = embedder.features(np.stack([p.pixels for _, p in readable]))
+            finally:
+                self._maps_slots.release()
+            with self._maps_lock:
+                for (i, p), maps in zip(readable, features, strict=True):
+                    found[i] = self._feature_cache[keys[i]] = (maps, Placement.of(p))
+                while len(self._feature_cache) > _FEATURE_CACHE_SIZE:
+                    self._feature_cache.popitem(last=False)  # the oldest
+        return [hit for hit in found if hit is not None]
+
     def render(self, data: bytes) -> bytes:
         """The upload as the model reads it, as a PNG to look at; needs no model, so works while it loads."""
         return render_png(data, self._limits)
@@ -126,6 +218,13 @@ class EmbeddingService:
         if self._batcher is not None:
             self._batcher.close()
         self._decoder.shutdown()
+
+    def _prepare_region(self, data: bytes, region: Region | None) -> Prepared | ImageRejected:
+        with self._metrics.preprocessing_seconds.time():
+            try:
+                return prepare_region(data, self._limits, region)
+            except ImageRejected as exc:
+                return exc
 
     def _prepare(self, data: bytes) -> NDArray[np.uint8] | ImageRejected:
         with self._metrics.preprocessing_seconds.time():
