@@ -105,12 +105,13 @@ def admin_token(ports: dict[str, int], name: str) -> str:
 def wait_ready(
     url: str, process: subprocess.Popen[bytes], what: str, timeout_s: float = 600, log: Path | None = None
 ) -> None:
-    """Poll `url` until it answers 200; exit the benchmark, with the tail of `log`, if `process`
-    stops or the time runs out."""
+    """Poll `url` until it says ready (the gateway answers 200 "degraded" while a service it
+    needs still starts); exit the benchmark, with the tail of `log`, if `process` stops or the
+    time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if says_ready(requests.get(url, timeout=2)):
                 return
         except requests.RequestException:
             pass
@@ -120,6 +121,16 @@ def wait_ready(
         "stopped while starting" if process.poll() is not None else f"was not ready within {timeout_s:.0f} s"
     )
     sys.exit(f"{what} {state}\n{tail}")
+
+
+def says_ready(response: requests.Response) -> bool:
+    """A /readyz answer of "ready": 200 alone may be the gateway's "degraded"."""
+    if response.status_code != 200:
+        return False
+    try:
+        return bool(response.json().get("status") == "ready")
+    except ValueError:
+        return False
 
 
 def cpu_by_process() -> dict[str, float]:

@@ -81,9 +81,11 @@ def main() -> int:
 
 
 def ready(url: str) -> bool:
+    """Whether the service says ready: the gateway answers 200 "degraded" while another is not."""
     try:
-        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
-    except requests.RequestException:
+        answer = requests.get(f"{url}/readyz", timeout=2)
+        return answer.status_code == 200 and answer.json().get("status") == "ready"
+    except (requests.RequestException, ValueError):
         return False
 
 

@@ -50,7 +50,8 @@ def service_process(
 def wait_ready(
     base_url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float
 ) -> list[int]:
-    """Poll `/readyz` until 200; fail with the process's log if it dies or the time runs out.
+    """Poll `/readyz` until it says ready (the gateway answers 200 "degraded" while a service
+    it needs is not); fail with the process's log if it dies or the time runs out.
 
     Returns the statuses seen before ready, to show what the service said while it started.
     """
@@ -58,10 +59,10 @@ def wait_ready(
     seen: list[int] = []
     while True:
         try:
-            status = requests.get(f"{base_url}/readyz", timeout=2).status_code
-            if status == 200:
+            answer = requests.get(f"{base_url}/readyz", timeout=2)
+            if answer.status_code == 200 and answer.json().get("status") == "ready":
                 return seen
-            seen.append(status)
+            seen.append(answer.status_code)
         except (requests.ConnectionError, requests.Timeout):
             pass  # not listening yet, or busy starting
         assert process.poll() is None, log_path.read_text()
