@@ -227,3 +227,38 @@ def test_pair_maps_of_featureless_images_are_zero() -> None:
 
 def test_region_str_names_its_corners() -> None:
     assert str(Region(1, 2, 3, 4)) == "(1, 2, 3, 4)"
+
+
+def test_an_embedding_of_a_region_is_the_embedding_of_that_crop(
+    client: FlaskClient, xrays: list[bytes]
+) -> None:
+    box = (100, 150, 500, 450)
+    response = client.post(
+        f"/v1/embeddings?region={','.join(map(str, box))}",
+        data={"images": [(io.BytesIO(xrays[0]), "q")]},
+        content_type="multipart/form-data",
+    )
+    crop = io.BytesIO()
+    Image.open(io.BytesIO(xrays[0])).convert("L").crop(box).save(crop, format="PNG")
+    region_vector = vectors_of(response)[0]
+    crop_vector = vectors_of(post_images(client, [crop.getvalue()]))[0]
+    assert float(region_vector @ crop_vector) > 1 - 1e-5
+    OPENAPI.check(response, "/v1/embeddings", "post")
+
+
+def test_a_region_with_several_images_or_too_small_is_refused(
+    client: FlaskClient, xrays: list[bytes]
+) -> None:
+    several = client.post(
+        "/v1/embeddings?region=0,0,100,100",
+        data={"images": [(io.BytesIO(xrays[0]), "a"), (io.BytesIO(xrays[1]), "b")]},
+        content_type="multipart/form-data",
+    )
+    assert several.status_code == 400 and "exactly one" in several.json["detail"]  # type: ignore[index]
+    small = client.post(
+        "/v1/embeddings?region=0,0,10,10",
+        data={"images": [(io.BytesIO(xrays[0]), "a")]},
+        content_type="multipart/form-data",
+    )
+    assert small.status_code == 422 and "at least 64 px" in small.json["detail"]  # type: ignore[index]
+    OPENAPI.check(small, "/v1/embeddings", "post")

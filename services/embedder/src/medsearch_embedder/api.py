@@ -39,7 +39,11 @@ def _service() -> EmbeddingService:
 def create_embeddings() -> Response:
     service = _service()
     encode = _encoder(request.args.get("encoding", "float"))
-    outcomes = service.embed([upload.read() for upload in _uploads()])
+    uploads = _uploads()
+    region = _region(request.args.get("region"))
+    if region is not None and len(uploads) != 1:
+        raise MalformedRequest(f"a region is of one image; send exactly one with it (got {len(uploads)})")
+    outcomes = service.embed([upload.read() for upload in uploads], region)
     data = [
         {"index": i, "embedding": encode(outcome)}
         for i, outcome in enumerate(outcomes)

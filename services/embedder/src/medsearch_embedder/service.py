@@ -123,13 +123,17 @@ class EmbeddingService:
     def model_info(self) -> ModelInfo:
         return self._ready_embedder().info
 
-    def embed(self, uploads: Sequence[bytes]) -> list[Outcome]:
-        """One outcome per upload, in order; a bad image does not fail the others."""
+    def embed(self, uploads: Sequence[bytes], region: Region | None = None) -> list[Outcome]:
+        """One outcome per upload, in order; a bad image does not fail the others. With
+        `region`, that part of the (one) upload, embedded as a whole image would be."""
         embedder = self._ready_embedder()
         assert self._batcher is not None and embedder is not None
+        prepare_one = (
+            self._prepare if region is None else lambda data: self._prepare_region_pixels(data, region)
+        )
         # Room in the queue first: a full queue refuses the request before any decoding.
         with self._batcher.admitting(len(uploads)) as admission:
-            outcomes: list[Outcome | NDArray[np.uint8]] = list(self._decoder.map(self._prepare, uploads))
+            outcomes: list[Outcome | NDArray[np.uint8]] = list(self._decoder.map(prepare_one, uploads))
             good = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, ImageRejected)]
             futures = admission.submit([outcomes[i] for i in good])  # type: ignore[misc]
         deadline = time.monotonic() + self.settings.wait_timeout_s
@@ -225,6 +229,10 @@ class EmbeddingService:
                 return prepare_region(data, self._limits, region)
             except ImageRejected as exc:
                 return exc
+
+    def _prepare_region_pixels(self, data: bytes, region: Region) -> NDArray[np.uint8] | ImageRejected:
+        prepared = self._prepare_region(data, region)
+        return prepared if isinstance(prepared, ImageRejected) else prepared.pixels
 
     def _prepare(self, data: bytes) -> NDArray[np.uint8] | ImageRejected:
         with self._metrics.preprocessing_seconds.time():

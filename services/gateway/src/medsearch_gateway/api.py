@@ -11,18 +11,21 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from medsearch_common import validation
 from medsearch_common.httpapp import error_problem
-from medsearch_gateway.clients import ImageRecord, SearchQuery, Upload
+from medsearch_gateway.clients import ImageRecord, Region, SearchQuery, Upload
 from medsearch_gateway.consistency import Verification
 from medsearch_gateway.errors import ERROR_STATUSES, InvalidRequest, UnsupportedUpload, UploadTooLarge
+from medsearch_gateway.exploring import MAX_EXAMPLES, Explorer, Steering
 from medsearch_gateway.flows import Gateway, Hit, Ingested
 from medsearch_gateway.guard import note
 
 GATEWAY_EXTENSION = "medsearch_gateway"
+EXPLORER_EXTENSION = "medsearch_explorer"
 MAX_K = 100
 # Images per batch ingest: one embedder request holds them all (its default limit is 32).
 MAX_BATCH_IMAGES = 32
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _K = re.compile(r"[0-9]{1,3}")
+_REGION = re.compile(r"\s*([0-9]{1,6})\s*,\s*([0-9]{1,6})\s*,\s*([0-9]{1,6})\s*,\s*([0-9]{1,6})\s*")
 _MAX_BIGINT = 2**63 - 1
 _MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
 _DICOM_MAGIC = (128, b"DICM")
@@ -40,6 +43,11 @@ def _gateway() -> Gateway:
     return gateway
 
 
+def explorer() -> Explorer:
+    found: Explorer = current_app.extensions[EXPLORER_EXTENSION]
+    return found
+
+
 def _max_upload_bytes() -> int:
     limit: int = current_app.config["MEDSEARCH_MAX_UPLOAD_BYTES"]
     return limit
@@ -47,13 +55,28 @@ def _max_upload_bytes() -> int:
 
 @blueprint.post("/search")
 def search() -> Response:
-    upload = _upload()
+    """A search by an upload, as ever; or steered: by a stored image, a region of the query,
+    and images marked positive and negative (exploring.py)."""
+    upload = optional_upload()
+    steering = parse_steering()
     query = parse_query(
         request.form.get("k"), request.form.get("filter"), request.form.get("one_per_patient")
     )
-    model, hits = _gateway().search(upload, query)
+    if upload is not None and steering == Steering():
+        model, hits = _gateway().search(upload, query)
+    else:
+        model, hits = explorer().search(upload, steering, query)
     note().result_ids = [hit.image.id for hit in hits]
-    return jsonify(model=model.description, results=_hits_json(hits, model.model_id))
+    return jsonify(
+        model=model.description,
+        query={
+            "image_id": steering.query_id,
+            "region": steering.region.to_json() if steering.region else None,
+            "positive": list(steering.positive),
+            "negative": list(steering.negative),
+        },
+        results=_hits_json(hits, model.model_id),
+    )
 
 
 @blueprint.get("/images/<image_id>/similar")
@@ -263,6 +286,45 @@ def parse_verify(raw: str) -> tuple[int, int, bool]:
     return first, end, repair
 
 
+def parse_steering() -> Steering:
+    """A search's stored query, region and marked images, from its form."""
+    raw_query_id = request.form.get("query_id", "").strip()
+    return Steering(
+        query_id=parse_id(raw_query_id, "query_id") if raw_query_id else None,
+        region=parse_region(request.form.get("region")),
+        positive=parse_ids("positive"),
+        negative=parse_ids("negative"),
+    )
+
+
+def parse_ids(field: str) -> tuple[int, ...]:
+    """Image IDs of a form field, repeated or comma-separated, in order, each once."""
+    found: dict[int, None] = {}
+    for value in request.form.getlist(field):
+        for part in value.split(","):
+            if part.strip():
+                found[parse_id(part.strip(), f"each {field} image ID")] = None
+                if len(found) > MAX_EXAMPLES:
+                    raise InvalidRequest(f"more than {MAX_EXAMPLES} {field} image IDs")
+    return tuple(found)
+
+
+def parse_region(raw: str | None) -> Region | None:
+    """`left,top,right,bottom` in the query image's pixels. Whether it lies inside the image
+    and is large enough is for the embedder, which decodes it."""
+    if raw is None or not raw.strip():
+        return None
+    matched = _REGION.fullmatch(raw)
+    if not matched:
+        raise InvalidRequest(
+            f"region must be four whole numbers of pixels, left,top,right,bottom; got {raw[:40]!r}"
+        )
+    region = Region(*(int(part) for part in matched.groups()))
+    if region.right <= region.left or region.bottom <= region.top:
+        raise InvalidRequest(f"the region {region.text} has no area: right must exceed left, and bottom top")
+    return region
+
+
 def parse_image_id(raw: str) -> int:
     image_id = parse_id(raw, "an image ID")
     note().image_id = image_id
@@ -284,6 +346,18 @@ def _json(name: str, raw: str) -> Any:
 
 def _upload() -> Upload:
     return check_upload(_files(1, 1)[0], _max_upload_bytes())
+
+
+def optional_upload() -> Upload | None:
+    """The form's one image when it has one: a steered search may have none."""
+    if request.mimetype == "multipart/form-data" and request.files.getlist("image"):
+        return _upload()
+    if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise InvalidRequest(
+            "send a search as multipart/form-data (with the image in the field 'image')"
+            + (f" (got {request.mimetype})" if request.mimetype else "")
+        )
+    return None
 
 
 def _files(least: int, most: int) -> list[bytes]:

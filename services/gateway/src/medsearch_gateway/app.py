@@ -8,12 +8,13 @@ from importlib import resources
 from flask import Blueprint, Flask, Response
 
 from medsearch_common.httpapp import create_service_app, metrics_registry
-from medsearch_gateway import account_api
+from medsearch_gateway import account_api, explore_api
 from medsearch_gateway.accounts import AccountsClient
-from medsearch_gateway.api import GATEWAY_EXTENSION, blueprint
+from medsearch_gateway.api import EXPLORER_EXTENSION, GATEWAY_EXTENSION, blueprint
 from medsearch_gateway.auditing import AuditRecorder
 from medsearch_gateway.clients import Services
 from medsearch_gateway.errors import ERROR_STATUSES
+from medsearch_gateway.exploring import Explorer
 from medsearch_gateway.flows import Gateway
 from medsearch_gateway.guard import GUARD_EXTENSION, Guard
 from medsearch_gateway.identity import Authenticator
@@ -67,6 +68,7 @@ def create_app(settings: GatewaySettings, services: Services | None = None) -> F
     app.config["MAX_FORM_MEMORY_SIZE"] = _FORM_OVERHEAD_BYTES
     app.config["MEDSEARCH_MAX_UPLOAD_BYTES"] = settings.max_upload_bytes
     app.extensions[GATEWAY_EXTENSION] = gateway
+    explorer = app.extensions[EXPLORER_EXTENSION] = Explorer(gateway)
     accounts = AccountsClient(services.catalog.client)
     Guard(
         Authenticator(
@@ -83,6 +85,7 @@ def create_app(settings: GatewaySettings, services: Services | None = None) -> F
     )
     app.register_blueprint(blueprint)
     app.register_blueprint(account_api.blueprint)
+    app.register_blueprint(explore_api.blueprint)
     app.register_blueprint(ui)
 
     @app.after_request
@@ -92,6 +95,7 @@ def create_app(settings: GatewaySettings, services: Services | None = None) -> F
         response.headers.setdefault("X-Frame-Options", "DENY")
         return response
 
+    atexit.register(explorer.close)
     atexit.register(gateway.close)
     return app
 

@@ -37,6 +37,7 @@ AUDITED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/images/{image_id}/similar"): "similar",
     ("GET", "/api/v1/images/{image_id}"): "view_image",
     ("GET", "/api/v1/images/{image_id}/file"): "view_image",
+    ("POST", "/api/v1/similarity-maps"): "view_image",  # the result IDs whose maps were shown
     ("GET", "/api/v1/images"): "browse",
     ("GET", "/api/v1/pending"): "browse",
     ("POST", "/api/v1/images"): "add_image",

@@ -183,6 +183,24 @@ class SearchQuery:
 
 
 @dataclass(frozen=True)
+class Region:
+    """A box on an image in its own pixels (left and top in, right and bottom out); whether it
+    lies inside the image is for the embedder, which decodes it."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.left},{self.top},{self.right},{self.bottom}"
+
+    def to_json(self) -> list[int]:
+        return [self.left, self.top, self.right, self.bottom]
+
+
+@dataclass(frozen=True)
 class StateChange:
     image_id: int
     state: str
@@ -214,10 +232,11 @@ class EmbedderClient:
         body = self.client.request("GET", "/v1/model", read_timeout_s=_MODEL_TIMEOUT_S).json()
         return self._remember(body)
 
-    def embed(self, upload: Upload) -> tuple[PackedVector, ActiveModel]:
-        """The image's vector (packed: the gateway only passes it on) and the model that made it."""
+    def embed(self, upload: Upload, region: Region | None = None) -> tuple[PackedVector, ActiveModel]:
+        """The image's vector (packed: the gateway only passes it on) and the model that made it;
+        with `region`, the vector of that part of it."""
         try:
-            vectors, model = self.embed_many([upload])
+            vectors, model = self.embed_many([upload], region)
         except UpstreamRejected as exc:
             raise user_error(exc) from None
         vector = vectors[0]
@@ -225,13 +244,18 @@ class EmbedderClient:
             raise vector.error()
         return vector, model
 
-    def embed_many(self, uploads: Sequence[Upload]) -> tuple[list[PackedVector | Refused], ActiveModel]:
+    def embed_many(
+        self, uploads: Sequence[Upload], region: Region | None = None
+    ) -> tuple[list[PackedVector | Refused], ActiveModel]:
         """One vector or refusal per upload, in order, from one call. When every image is
         refused the embedder answers with a 4xx, raised as UpstreamRejected."""
+        params = {"encoding": "base64"}
+        if region is not None:
+            params["region"] = region.text
         response = self.client.request(
             "POST",
             "/v1/embeddings",
-            params={"encoding": "base64"},
+            params=params,
             files=[("images", (upload.filename, upload.data)) for upload in uploads],
             idempotent=True,  # a pure function of the bytes: safe to send again
         )
@@ -242,6 +266,27 @@ class EmbedderClient:
         for error in body.get("errors", []):
             outcomes[error["index"]] = Refused("embedder", error["status"], error["detail"])
         return outcomes, self._remember(body["model"])
+
+    def similarity_maps(
+        self, query: Upload, results: Sequence[Upload], region: Region | None
+    ) -> tuple[dict[str, Any], ActiveModel]:
+        """The embedder's maps of the query against each result (its JSON answer), and the
+        model that made them. A query it cannot read is the user's 4xx."""
+        try:
+            response = self.client.request(
+                "POST",
+                "/v1/similarity-maps",
+                files=[
+                    ("query", ("query", query.data)),
+                    *(("results", (f"r{i}", r.data)) for i, r in enumerate(results)),
+                ],
+                data={"region": region.text} if region else None,
+                idempotent=True,  # a pure function of the bytes
+            )
+        except UpstreamRejected as exc:
+            raise user_error(exc) from None
+        body: dict[str, Any] = response.json()
+        return body, self._remember(body["model"])
 
     def refusals(self, exc: UpstreamRejected, count: int) -> list[Refused]:
         """Each image's refusal from a 4xx answer to `embed_many`."""

@@ -37,6 +37,15 @@ class ImageNotFound(Exception):
     """No image has that ID (404)."""
 
 
+class ExampleNotFound(ImageRejected):
+    """An image marked positive or negative is not in the collection (422): the search itself
+    is there; one of its examples is not."""
+
+
+class ModelMismatch(Exception):
+    """The request names a model other than the active one (409)."""
+
+
 class NotIndexed(Exception):
     """The image exists but has no vector for the active model yet (409)."""
 
@@ -80,6 +89,7 @@ ERROR_STATUSES: dict[type[Exception], int] = {
     ImageRejected: 422,
     ImageNotFound: 404,
     NotIndexed: 409,
+    ModelMismatch: 409,
     IngestIncomplete: 503,
     NotSignedIn: 401,
     NotAllowed: 403,

@@ -81,7 +81,7 @@ class Gateway:
     def search(self, upload: Upload, query: SearchQuery) -> tuple[ActiveModel, list[Hit]]:
         """Embed the upload, search, then fetch every hit's record in one catalog call."""
         vector, model = self.embedder.embed(upload)
-        return model, self._hits(model, vector, query)
+        return model, self.hits(model, vector, query)
 
     def similar(self, image_id: int, query: SearchQuery) -> tuple[ActiveModel, list[Hit]]:
         """More like an indexed image: its stored vector as the query, itself left out."""
@@ -95,7 +95,7 @@ class Gateway:
         if excluded is not None and not isinstance(excluded, list):
             raise InvalidRequest("filter.exclude_ids must be a list of image IDs")
         without_itself = {**query_filter, "exclude_ids": [*(excluded or []), image_id]}
-        return model, self._hits(model, vector, replace(query, filter=without_itself))
+        return model, self.hits(model, vector, replace(query, filter=without_itself))
 
     def preview(self, upload: Upload) -> bytes:
         return self.embedder.render(upload)
@@ -147,7 +147,7 @@ class Gateway:
         `force` even when the catalog says it is indexed (a new or emptied Milvus)."""
         image = self.catalog.image(image_id)
         stored = self.catalog.file(image_id, thumbnail=False, if_none_match=None)
-        upload = Upload(stored.content, _KINDS.get(image.mime_type, "png"))
+        upload = Upload(stored.content, UPLOAD_KINDS.get(image.mime_type, "png"))
         return _raised(self._index([_Unindexed(Stored(image, created=False), upload)], force=force)[0])
 
     def pending(self, params: list[tuple[str, str]]) -> tuple[str, Page]:
@@ -330,7 +330,7 @@ class Gateway:
     def close(self) -> None:
         self.services.close()
 
-    def _hits(self, model: ActiveModel, vector: PackedVector, query: SearchQuery) -> list[Hit]:
+    def hits(self, model: ActiveModel, vector: PackedVector, query: SearchQuery) -> list[Hit]:
         found = self.search_service.search(model.model_id, vector, query)
         records = self.catalog.images([hit.image_id for hit in found])
         # The catalog is right when the two disagree: a hit it no longer has is dropped.
@@ -339,7 +339,7 @@ class Gateway:
 
 
 # The kind of upload each stored type is, to index it from the catalog's bytes.
-_KINDS = {"image/png": "png", "image/jpeg": "jpeg", "application/dicom": "dicom"}
+UPLOAD_KINDS = {"image/png": "png", "image/jpeg": "jpeg", "application/dicom": "dicom"}
 
 
 def _retry_after_s(exc: UpstreamError) -> int:
