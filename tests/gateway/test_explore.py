@@ -11,6 +11,7 @@ checked against the OpenAPI document.
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,11 @@ from numpy.typing import NDArray
 from PIL import Image
 from werkzeug.test import TestResponse
 
+from medsearch_client.client import GatewayClient
 from medsearch_common.vectors import unpack_vector
 from medsearch_gateway.app import create_app
 from medsearch_gateway.exploring import MAX_EXAMPLES, NEGATIVE_WEIGHT, POSITIVE_WEIGHT, rocchio
-from tests.gateway.conftest import HTTP_TIMEOUT_S, Indexed, Stack
+from tests.gateway.conftest import HTTP_TIMEOUT_S, Indexed, Stack, medsearch
 from tests.gateway.test_openapi import OPENAPI, UNKNOWN_ID, gateway_settings, problem, signed_in
 
 pytestmark = pytest.mark.integration
@@ -286,3 +288,31 @@ def test_a_reader_may_explore_and_a_stranger_may_not(stack: Stack, indexed: list
     assert reader.status_code == 200, reader.text
     stranger = requests.post(f"{stack.gateway}{MAPS}", data=form, timeout=HTTP_TIMEOUT_S)
     assert stranger.status_code == 401
+
+
+def test_medsearch_search_like_and_unlike(stack: Stack, indexed: list[Indexed]) -> None:
+    query, liked, disliked = indexed[0].image_id, indexed[1].image_id, indexed[2].image_id
+    done = medsearch(
+        stack, "search", "--query-id", str(query), "--like", str(liked), "--unlike", str(disliked),
+        "--k", "5", "--json", role="reader",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["query"] == {"image_id": query, "region": None, "positive": [liked], "negative": [disliked]}
+    assert len(answer["results"]) == 5
+    assert not {query, liked, disliked} & {hit["image"]["id"] for hit in answer["results"]}
+    region = medsearch(stack, "search", str(indexed[3].path), "--region", "100,100,500,500", role="reader")
+    assert region.returncode == 0 and region.stdout.strip(), region.stderr
+    nothing = medsearch(stack, "search", role="reader")
+    assert nothing.returncode == 2 and "--like" in nothing.stderr
+
+
+def test_the_python_client_steers_and_explains(stack: Stack, indexed: list[Indexed]) -> None:
+    client = GatewayClient(stack.gateway, token=stack.tokens["reader"])
+    steered = client.search(
+        like=[indexed[1].image_id, indexed[2].image_id], unlike=[indexed[3].image_id], k=3
+    )
+    assert len(steered["results"]) == 3
+    ids = [hit["image"]["id"] for hit in steered["results"]]
+    maps = client.similarity_maps(ids, query_id=indexed[1].image_id)
+    assert [item["image_id"] for item in maps["maps"]] == ids

@@ -389,16 +389,24 @@ def verify(args: argparse.Namespace, client: GatewayClient) -> int:
 
 
 def search(args: argparse.Namespace, client: GatewayClient) -> int:
-    try:
-        query = args.image.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.image}: {exc.strerror or exc}") from None
+    if args.image is None and args.query_id is None and not args.like:
+        raise UsageError("give a query image, --query-id, or at least one --like image ID")
+    query: bytes | None = None
+    if args.image is not None:
+        try:
+            query = args.image.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.image}: {exc.strerror or exc}") from None
     response = client.search(
         query,
         k=args.k,
         filter=args.filter,
         one_per_patient=args.one_per_patient,
-        filename=args.image.name,
+        filename=args.image.name if args.image is not None else "",
+        query_id=args.query_id,
+        region=args.region,
+        like=args.like,
+        unlike=args.unlike,
     )
     if args.json:
         print(json.dumps(response, indent=2))
@@ -744,6 +752,14 @@ class UsageError(Exception):
     """The command line asks for something that cannot be done; nothing was sent."""
 
 
+def _region(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected LEFT,TOP,RIGHT,BOTTOM in pixels, got {text!r}")
+    left, top, right, bottom = (int(part) for part in parts)
+    return left, top, right, bottom
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -858,7 +874,23 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.set_defaults(handler=ingest)
 
     cmd = commands.add_parser("search", parents=[connection], help="find the images most like an X-ray")
-    cmd.add_argument("image", type=Path, help="the query image (PNG, JPEG or DICOM)")
+    cmd.add_argument(
+        "image", type=Path, nargs="?", help="the query image (PNG, JPEG or DICOM); or --query-id, or --like"
+    )
+    cmd.add_argument("--query-id", type=_positive_int, help="a stored image as the query")
+    cmd.add_argument(
+        "--region",
+        type=_region,
+        help="search with a region of the query: LEFT,TOP,RIGHT,BOTTOM in its pixels",
+    )
+    cmd.add_argument(
+        "--like", type=_positive_int, action="append", default=[], metavar="ID",
+        help="an image the results should be more like (repeatable); left out of the results",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--unlike", type=_positive_int, action="append", default=[], metavar="ID",
+        help="an image the results should be less like (repeatable); left out of the results",
+    )  # fmt: skip
     cmd.add_argument("--k", type=_positive_int, default=10, help="how many results (1-100, default 10)")
     cmd.add_argument("--filter", type=_json_object, help='e.g. \'{"sex": ["F"], "age": {"min": 40}}\'')
     cmd.add_argument("--one-per-patient", action="store_true", help="at most one image per patient")

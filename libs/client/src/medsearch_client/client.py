@@ -375,21 +375,56 @@ class GatewayClient:
 
     def search(
         self,
-        image: Path | bytes,
+        image: Path | bytes | None = None,
         *,
         k: int = 10,
         filter: Mapping[str, Any] | None = None,
         one_per_patient: bool = False,
         filename: str = "",
+        query_id: int | None = None,
+        region: tuple[int, int, int, int] | None = None,
+        like: Sequence[int] = (),
+        unlike: Sequence[int] = (),
     ) -> SearchResponse:
-        """The `k` indexed images most like the query image, best first."""
+        """The `k` indexed images most like the query, best first. The query is `image`, or the
+        stored image `query_id`, or a `region` (left, top, right, bottom px) of either; images
+        marked `like` and `unlike` steer it (relevance feedback) and are left out of the results.
+        With no image and no query_id, the `like` images alone are the query."""
         form = {"k": str(k), "one_per_patient": "true" if one_per_patient else "false"}
         if filter:
             form["filter"] = json.dumps(dict(filter))
-        response = self._request(
-            "POST", "/api/v1/search", files={"image": _image_part(image, filename)}, data=form
-        )
+        if query_id is not None:
+            form["query_id"] = str(query_id)
+        if region is not None:
+            form["region"] = ",".join(map(str, region))
+        if like:
+            form["positive"] = ",".join(map(str, like))
+        if unlike:
+            form["negative"] = ",".join(map(str, unlike))
+        files = {"image": _image_part(image, filename)} if image is not None else None
+        response = self._request("POST", "/api/v1/search", files=files, data=form)
         return cast(SearchResponse, _json(response))
+
+    def similarity_maps(
+        self,
+        result_ids: Sequence[int],
+        *,
+        image: Path | bytes | None = None,
+        query_id: int | None = None,
+        region: tuple[int, int, int, int] | None = None,
+    ) -> dict[str, Any]:
+        """Where the query (an image or the stored `query_id`, or a region of it) and each of
+        up to 16 stored results look alike: a 7 x 7 map per image of each pair, summing to the
+        pair's score."""
+        form = {"result_id": ",".join(map(str, result_ids))}
+        if query_id is not None:
+            form["query_id"] = str(query_id)
+        if region is not None:
+            form["region"] = ",".join(map(str, region))
+        files = {"image": _image_part(image, "")} if image is not None else None
+        return cast(
+            dict[str, Any], _json(self._request("POST", "/api/v1/similarity-maps", files=files, data=form))
+        )
 
     def similar(
         self, image_id: int, *, k: int = 10, filter: Mapping[str, Any] | None = None
