@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query bench-quality bench-soak
+.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query bench-quality bench-soak bench-explore
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ bench-quality: install
 
 bench-soak: install
 	$(BIN)/python benchmarks/bench_soak.py
+
+bench-explore: install
+	$(BIN)/python benchmarks/bench_explore.py
 
 lint: install
 	$(BIN)/ruff check .
