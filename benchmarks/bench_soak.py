@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import requests
 from bench_query import ingest
-from machine import admin_token, free_port, machine, program, shared_data, start_stack, wait_ready
+from machine import admin_token, free_port, machine, shared_data, stack_processes, start_stack, wait_ready
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def main() -> None:
             deadline = time.monotonic() + args.duration_s
             print(f"bench-soak: {args.clients} clients for {args.duration_s:.0f} s", flush=True)
             sampler = threading.Thread(
-                target=sample_memory, args=(memory, deadline, args.sample_s), daemon=True
+                target=sample_memory, args=(memory, deadline, args.sample_s, stack.pid, folder), daemon=True
             )
             sampler.start()
             workers = [
@@ -201,20 +201,20 @@ def fresh_png(rng: random.Random, seed: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def sample_memory(samples: list[dict[str, float]], deadline: float, every_s: float) -> None:
-    """Every `every_s`, the resident MB of each program of the stack, summed over its processes."""
+def sample_memory(
+    samples: list[dict[str, float]], deadline: float, every_s: float, session: int, folder: Path
+) -> None:
+    """Every `every_s`, the resident MB of each program of this stack (`stack_processes`), summed
+    over its processes."""
     started = time.monotonic()
     while time.monotonic() < deadline:
         sample: dict[str, float] = {"t_s": round(time.monotonic() - started, 1)}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+        for pid, name in stack_processes(session, folder).items():
+            if name not in MEMORY_PROGRAMS:
                 continue
             try:
-                name = program((entry / "cmdline").read_bytes().split(b"\0"))
-                status = (entry / "status").read_text()
+                status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
-                continue
-            if name not in MEMORY_PROGRAMS:
                 continue
             for line in status.splitlines():
                 if line.startswith("VmRSS:"):

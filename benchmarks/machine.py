@@ -150,6 +150,33 @@ def cpu_by_process() -> dict[str, float]:
     return totals
 
 
+def stack_processes(session: int, folder: Path) -> dict[int, str]:
+    """The processes of one stack, by PID, with their program: those of its session (`session`,
+    the PID of the stack started with `start_stack`), those whose command line names its
+    `folder` (embedded PostgreSQL leaves the session), and every descendant of either. Other
+    stacks on the machine (a test run's) stay out of its figures."""
+    table: dict[int, tuple[int, int, list[bytes]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]), argv)  # ppid, session, argv
+    marker = str(folder).encode()
+    members = {
+        pid for pid, (_, sid, argv) in table.items() if sid == session or any(marker in part for part in argv)
+    }
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _, _) in table.items() if ppid in members} - members
+        members |= children
+        grew = bool(children)
+    return {pid: program(table[pid][2]) for pid in members}
+
+
 def program(argv: list[bytes]) -> str:
     words = [part.decode(errors="replace") for part in argv if part]
     for word in words:
