@@ -316,3 +316,38 @@ def test_the_python_client_steers_and_explains(stack: Stack, indexed: list[Index
     ids = [hit["image"]["id"] for hit in steered["results"]]
     maps = client.similarity_maps(ids, query_id=indexed[1].image_id)
     assert [item["image_id"] for item in maps["maps"]] == ids
+
+
+def test_several_images_are_searched_at_once_each_with_its_results(
+    gateway: FlaskClient, indexed: list[Indexed]
+) -> None:
+    files = [
+        (io.BytesIO(indexed[7].path.read_bytes()), "a"),
+        (io.BytesIO(b"not an image at all"), "b"),
+        (io.BytesIO(indexed[8].path.read_bytes()), "c"),
+    ]
+    answer = gateway.post(
+        "/api/v1/searches", data={"image": files, "k": "3"}, content_type="multipart/form-data"
+    )
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body = OPENAPI.check(answer, "/api/v1/searches", "post")
+    first, refused, third = body["searches"]
+    assert first["results"][0]["image"]["id"] == indexed[7].image_id and len(first["results"]) == 3
+    assert third["results"][0]["image"]["id"] == indexed[8].image_id
+    assert refused["index"] == 1 and refused["status"] == 415 and "PNG, JPEG or DICOM" in refused["detail"]
+    # The same scores as one search at a time.
+    alone = results(post(gateway, SEARCH, indexed[8].path.read_bytes(), k=3))
+    assert [(hit["image"]["id"], round(hit["score"], 5)) for hit in third["results"]] == [
+        (hit["image"]["id"], round(hit["score"], 5)) for hit in alone
+    ]
+
+
+def test_a_batch_search_of_none_or_too_many_images_is_refused(
+    gateway: FlaskClient, indexed: list[Indexed]
+) -> None:
+    data = indexed[0].path.read_bytes()
+    too_many = [(io.BytesIO(data), f"{i}") for i in range(33)]
+    for files in ([], too_many):
+        answer = gateway.post("/api/v1/searches", data={"image": files}, content_type="multipart/form-data")
+        body = problem(answer, "/api/v1/searches", "post", 400, "invalid-request")
+        assert "1 to 32 files" in body["detail"]

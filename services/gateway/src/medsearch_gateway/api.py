@@ -79,6 +79,30 @@ def search() -> Response:
     )
 
 
+@blueprint.post("/searches")
+def search_many() -> Response:
+    """Several query images at once, each with its own results (or its own problem), in order."""
+    files = _files(1, MAX_BATCH_IMAGES)
+    query = parse_query(
+        request.form.get("k"), request.form.get("filter"), request.form.get("one_per_patient")
+    )
+    uploads: list[Upload | Exception] = []
+    for data in files:
+        try:
+            uploads.append(check_upload(data, _max_upload_bytes()))
+        except (InvalidRequest, UploadTooLarge, UnsupportedUpload) as exc:
+            uploads.append(exc)
+    model, outcomes = _gateway().search_many(uploads, query)
+    note().result_ids = [hit.image.id for hits in outcomes if isinstance(hits, list) for hit in hits]
+    searches = [
+        {"index": index, "results": _hits_json(outcome, model.model_id)}
+        if isinstance(outcome, list)
+        else {"index": index, **_problem_of(outcome)}
+        for index, outcome in enumerate(outcomes)
+    ]
+    return jsonify(model=model.description, searches=searches)
+
+
 @blueprint.get("/images/<image_id>/similar")
 def similar(image_id: str) -> Response:
     refuse_unknown_params({"k", "filter", "one_per_patient"})

@@ -34,6 +34,7 @@ log = logging.getLogger("medsearch.audit")
 # (method, OpenAPI path template) -> the action recorded.
 AUDITED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/search"): "search",
+    ("POST", "/api/v1/searches"): "search",
     ("GET", "/api/v1/images/{image_id}/similar"): "similar",
     ("GET", "/api/v1/images/{image_id}"): "view_image",
     ("GET", "/api/v1/images/{image_id}/file"): "view_image",

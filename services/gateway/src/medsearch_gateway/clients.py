@@ -318,8 +318,14 @@ class SearchClient:
 
     def search(self, model_id: str, vector: PackedVector, query: SearchQuery) -> list[Found]:
         """Hits, best first; none when nothing was ever indexed for the model."""
+        return self.search_many(model_id, [vector], query)[0]
+
+    def search_many(
+        self, model_id: str, vectors: Sequence[PackedVector], query: SearchQuery
+    ) -> list[list[Found]]:
+        """Each query vector's hits, best first, in one call; none when nothing was ever indexed."""
         body = {
-            "vectors": [vector],
+            "vectors": list(vectors),
             "k": query.k,
             "filter": query.filter or {},
             "one_per_patient": query.one_per_patient,
@@ -331,11 +337,14 @@ class SearchClient:
             )
         except UpstreamRejected as exc:
             if exc.status == 404:  # no collection yet for this model: nothing indexed
-                return []
+                return [[] for _ in vectors]
             if exc.status == 400:  # the filter: the only part of the request the user wrote
                 raise InvalidRequest(f"the search was refused: {exc.problem.get('detail', exc)}") from None
             raise
-        return [Found(int(hit["id"]), float(hit["score"])) for hit in response.json()["results"][0]]
+        return [
+            [Found(int(hit["id"]), float(hit["score"])) for hit in hits]
+            for hits in response.json()["results"]
+        ]
 
     def vector(self, model_id: str, image_id: int) -> PackedVector | None:
         try:

@@ -83,6 +83,37 @@ class Gateway:
         vector, model = self.embedder.embed(upload)
         return model, self.hits(model, vector, query)
 
+    def search_many(
+        self, uploads: Sequence[Upload | Exception], query: SearchQuery
+    ) -> tuple[ActiveModel, list[list[Hit] | Exception]]:
+        """Each upload's hits (or the public error it met), with one call to each service for
+        all of them: one embedding call, one search of every vector, one catalog fetch."""
+        todo = [i for i, upload in enumerate(uploads) if isinstance(upload, Upload)]
+        outcomes: list[list[Hit] | Exception] = [
+            upload if isinstance(upload, Exception) else [] for upload in uploads
+        ]
+        if not todo:
+            return self.embedder.model(), outcomes
+        try:
+            vectors, model = self.embedder.embed_many([uploads[i] for i in todo])  # type: ignore[misc]
+        except UpstreamRejected as exc:  # every image refused
+            for i, refused in zip(todo, self.embedder.refusals(exc, len(todo)), strict=True):
+                outcomes[i] = refused.error()
+            return self.embedder.model(), outcomes
+        embedded = [(i, v) for i, v in zip(todo, vectors, strict=True) if not isinstance(v, Refused)]
+        for i, vector in zip(todo, vectors, strict=True):
+            if isinstance(vector, Refused):
+                outcomes[i] = vector.error()
+        if embedded:
+            found = self.search_service.search_many(model.model_id, [v for _, v in embedded], query)
+            records = self.catalog.images(sorted({hit.image_id for hits in found for hit in hits}))
+            for (i, _), hits in zip(embedded, found, strict=True):
+                kept = [hit for hit in hits if hit.image_id in records]
+                outcomes[i] = [
+                    Hit(rank, hit.score, records[hit.image_id]) for rank, hit in enumerate(kept, 1)
+                ]
+        return model, outcomes
+
     def similar(self, image_id: int, query: SearchQuery) -> tuple[ActiveModel, list[Hit]]:
         """More like an indexed image: its stored vector as the query, itself left out."""
         model = self.embedder.model()
