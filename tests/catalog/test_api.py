@@ -238,6 +238,24 @@ def test_stats_for_a_model_with_no_state_yet_count_every_image_pending(catalog: 
     assert stats_of(catalog, model_id="m1") == stats_of(catalog)
 
 
+def test_the_breakdown_counts_findings_ages_sexes_and_views_in_one_snapshot(catalog: FlaskClient) -> None:
+    add(catalog, 40, dataset="nih", findings=["Effusion", "Mass"], age=35, sex="F", view_position="PA")
+    add(catalog, 41, dataset="nih", findings=["Effusion"], age=62, sex="M", view_position="AP")
+    add(catalog, 42, dataset="nih", findings=[], age=None, sex=None)
+    add(catalog, 43, dataset="hmh", findings=["Mass"], age=85, sex="F", view_position="PA")
+    assert "breakdown" not in stats_of(catalog)
+    breakdown = stats_of(catalog, breakdown="true")["breakdown"]
+    assert breakdown == {
+        "findings_any": {"Effusion": 2, "Mass": 2},
+        "findings_only": {"(none)": 1, "(several)": 1, "Effusion": 1, "Mass": 1},
+        "age_bands": {"18-39": 1, "60-79": 1, "80+": 1, "unknown": 1},
+        "sexes": {"F": 2, "M": 1, "unknown": 1},
+        "view_positions": {"PA": 2, "AP": 1, "unknown": 1},
+    }
+    bad = catalog.get("/v1/stats", query_string={"breakdown": "maybe"})
+    assert bad.status_code == 400 and "'breakdown' must be true or false" in bad.json["detail"]  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("params", "words"),
     [

@@ -171,9 +171,12 @@ def list_pending(model_id: str) -> Response:
 @blueprint.get("/stats")
 def get_stats() -> Response:
     """Counts of images, per dataset and per indexing state; `model_id` adds a model with no state yet."""
-    _refuse_unknown_params({"model_id"})
+    _refuse_unknown_params({"model_id", "breakdown"})
     model_id = request.args.get("model_id")
-    stats = _context().repository.stats(parse_model_id(model_id) if model_id is not None else None)
+    breakdown = flag_arg(request.args, "breakdown")
+    stats = _context().repository.stats(
+        parse_model_id(model_id) if model_id is not None else None, breakdown=breakdown
+    )
     return jsonify(stats_json(stats))
 
 
@@ -462,6 +465,7 @@ def stats_json(stats: CatalogStats) -> dict[str, Any]:
             model: {"indexed": c.indexed, "pending": c.pending, "failed": c.failed}
             for model, c in stats.models.items()
         },
+        **({"breakdown": stats.breakdown} if stats.breakdown is not None else {}),
     }
 
 

@@ -94,6 +94,31 @@ class CatalogStats:
     images: int
     datasets: dict[str, int]
     models: dict[str, IndexCounts]
+    breakdown: dict[str, dict[str, int]] | None = None  # see COLLECTION_COUNTS; when asked
+
+
+# What a collection's statistics count, each over every image, in one snapshot: by finding
+# (any: images that have it, alone or among others; only: images whose one finding it is, with
+# "(none)" and "(several)" for the others, so that they add up), by age band, sex and view
+# position ("unknown" where unset).
+COLLECTION_COUNTS = {
+    "findings_any": (
+        "SELECT finding AS key, count(*) AS n FROM images, unnest(findings) AS finding GROUP BY 1"
+    ),
+    "findings_only": (
+        "SELECT CASE cardinality(findings) WHEN 0 THEN '(none)' WHEN 1 THEN findings[1]"
+        " ELSE '(several)' END AS key, count(*) AS n FROM images GROUP BY 1"
+    ),
+    "age_bands": (
+        "SELECT CASE WHEN age IS NULL THEN 'unknown' WHEN age < 18 THEN '0-17' WHEN age < 40 THEN '18-39'"
+        " WHEN age < 60 THEN '40-59' WHEN age < 80 THEN '60-79' ELSE '80+' END AS key, count(*) AS n"
+        " FROM images GROUP BY 1"
+    ),
+    "sexes": "SELECT coalesce(sex, 'unknown') AS key, count(*) AS n FROM images GROUP BY 1",
+    "view_positions": (
+        "SELECT coalesce(view_position, 'unknown') AS key, count(*) AS n FROM images GROUP BY 1"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -368,11 +393,20 @@ class ImageRepository:
         assert given is not None
         return IndexStatesInRange([(row["id"], row["state"]) for row in rows], given["max_id"])
 
-    def stats(self, model_id: str | None = None) -> CatalogStats:
-        """Images in all, per dataset, and per state for each model with a state (and `model_id`)."""
+    def stats(self, model_id: str | None = None, *, breakdown: bool = False) -> CatalogStats:
+        """Images in all, per dataset, and per state for each model with a state (and `model_id`);
+        with `breakdown`, the collection's counts of COLLECTION_COUNTS too."""
         with self._ready_transaction() as conn:
             # One snapshot for every count, so that they add up while images come and go.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            counted = (
+                {
+                    name: {row["key"]: row["n"] for row in conn.execute(query + " ORDER BY 2 DESC, 1")}
+                    for name, query in COLLECTION_COUNTS.items()
+                }
+                if breakdown
+                else None
+            )
             datasets = {
                 row["dataset"]: row["n"]
                 for row in conn.execute(
@@ -399,6 +433,7 @@ class ImageRepository:
                 )
                 for model, counts in sorted(by_model.items())
             },
+            breakdown=counted,
         )
 
     def get_file(self, image_id: int, *, thumbnail: bool) -> StoredFile:
