@@ -204,8 +204,9 @@ def fresh_png(rng: random.Random, seed: Image.Image) -> bytes:
 def sample_memory(
     samples: list[dict[str, float]], deadline: float, every_s: float, session: int, folder: Path
 ) -> None:
-    """Every `every_s`, the resident MB of each program of this stack (`stack_processes`), summed
-    over its processes."""
+    """Every `every_s`, the memory of each program of this stack (`stack_processes`), summed over
+    its processes as their proportional set size: a page shared by several processes (the shared
+    buffers every PostgreSQL backend maps) counts once in all, not once per process."""
     started = time.monotonic()
     while time.monotonic() < deadline:
         sample: dict[str, float] = {"t_s": round(time.monotonic() - started, 1)}
@@ -213,11 +214,11 @@ def sample_memory(
             if name not in MEMORY_PROGRAMS:
                 continue
             try:
-                status = Path(f"/proc/{pid}/status").read_text()
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
             except OSError:
                 continue
-            for line in status.splitlines():
-                if line.startswith("VmRSS:"):
+            for line in rollup.splitlines():
+                if line.startswith("Pss:"):
                     sample[name] = round(sample.get(name, 0.0) + int(line.split()[1]) / 1024, 1)
         samples.append(sample)
         time.sleep(every_s)
