@@ -1,27 +1,41 @@
-// MedSearch browser UI: search by example image, browse an image, add and delete images, read
-// the audit trail (no framework).
+// MedSearch browser UI: search by example image (an upload, several at once, a stored image, a
+// region of one, steered by marked results), browse an image, add and delete images, read the
+// audit trail (no framework). This module holds the routing, the search and image views and
+// their flows; the rest lives beside it: http.js (the gateway), dom.js (safe DOM), messages.js
+// (status and errors), searching.js (a search and its address), results.js (result lists),
+// maps.js, region.js, refine.js, compare.js, export.js, and the add.js and audit.js views.
 //
-// Security: every string from the API or from a file name is untrusted. The DOM is built with
-// createElement, textContent and append() (which turns strings into text nodes), never with
-// innerHTML or its relatives, so metadata such as `<img src=x onerror=...>` shows as text.
-// The session lives in an HttpOnly cookie; every change sends the CSRF token of the readable
-// `medsearch_csrf` cookie (apiFetch), which a page of another site cannot read.
-"use strict";
+// Security: every string from the API or from a file name is untrusted and goes into the page
+// as text, never as markup (see dom.js). The session lives in an HttpOnly cookie; every change
+// sends the CSRF token (see http.js).
 
-const API = "/api/v1";
-const SIGN_IN_PAGE = "/signin";
-const CSRF_COOKIE = "medsearch_csrf";
-const CSRF_HEADER = "X-CSRF-Token";
-const SAFE_METHODS = ["GET", "HEAD", "OPTIONS"];
-const DEFAULT_K = 10;
-const AUDIT_EVENTS = 100;
+import { UserError, apiFetch, fetchJson, goToSignIn } from "./http.js";
+import { byId, definitionList, el, findingsText, formatDate, plural, text } from "./dom.js";
+import { clearError, runRequest, showError, startTask } from "./messages.js";
+import { MapLayer, initMaps } from "./maps.js";
+import { RegionSelector, regionBar } from "./region.js";
+import { initCompare } from "./compare.js";
+import { initAudit, loadAudit } from "./audit.js";
+import { initAdd } from "./add.js";
+import { clearQueryTarget, imageHash, initResults, newList, renderLists, replaceList } from "./results.js";
+import {
+  fillSearchForm,
+  inPool,
+  readSearchOptions,
+  readSearchParams,
+  searchList,
+  searchParams,
+} from "./searching.js";
+
 const INDEX_STATES = ["indexed", "pending", "failed"];
-const AUDIT_OUTCOMES = ["ok", "refused", "failed"];
 const SEX_NAMES = { M: "male", F: "female", O: "other" };
 const ROLES = ["reader", "editor", "admin"]; // weakest first, as the gateway orders them
 // Views that need more than reading; the gateway refuses their requests anyway.
 const VIEW_ROLES = { add: "editor", audit: "admin" };
 const VIEW_NAMES = { add: "Adding images", audit: "The audit trail" };
+// A batch of query images: one search each, this many at once, at most this many images.
+const BATCH_AT_ONCE = 4;
+const MAX_BATCH = 20;
 
 const ui = {
   account: byId("account"),
@@ -33,8 +47,6 @@ const ui = {
   stats: byId("stats"),
   modelWarning: byId("model-warning"),
   modelWarningText: byId("model-warning-text"),
-  error: byId("error"),
-  status: byId("status"),
   navLinks: document.querySelectorAll(".site-nav a[data-view]"),
   views: { search: byId("view-search"), image: byId("view-image"), add: byId("view-add"), audit: byId("view-audit") },
   viewTitles: {
@@ -47,21 +59,18 @@ const ui = {
   queryFile: byId("query-file"),
   dropZone: byId("drop-zone"),
   queryPreview: byId("query-preview"),
+  queryStage: byId("query-stage"),
   queryPreviewImage: byId("query-preview-image"),
   queryName: byId("query-name"),
-  k: byId("k"),
-  onePerPatient: byId("one-per-patient"),
-  filterDataset: byId("filter-dataset"),
-  filterSex: byId("filter-sex"),
-  filterAgeMin: byId("filter-age-min"),
-  filterAgeMax: byId("filter-age-max"),
-  filterView: byId("filter-view"),
-  filterFindingsAny: byId("filter-findings-any"),
-  filterFindingsNone: byId("filter-findings-none"),
+  queryMapCaption: byId("query-map-caption"),
+  queryRegion: byId("query-region"),
   searchButton: byId("search-button"),
   imageTitle: byId("image-title"),
   imageDetail: byId("image-detail"),
+  fullStage: byId("full-stage"),
   fullImage: byId("full-image"),
+  fullMapCaption: byId("full-map-caption"),
+  imageRegion: byId("image-region"),
   metadata: byId("metadata"),
   moreLikeThis: byId("more-like-this"),
   indexHint: byId("index-hint"),
@@ -71,21 +80,6 @@ const ui = {
   deleteQuestion: byId("delete-question"),
   deleteConfirmButton: byId("delete-confirm-button"),
   deleteCancel: byId("delete-cancel"),
-  addForm: byId("add-form"),
-  addFile: byId("add-file"),
-  addDataset: byId("add-dataset"),
-  addExternalId: byId("add-external-id"),
-  addPatientId: byId("add-patient-id"),
-  addStudy: byId("add-study"),
-  addAge: byId("add-age"),
-  addSex: byId("add-sex"),
-  addViewPosition: byId("add-view-position"),
-  addFindings: byId("add-findings"),
-  addButton: byId("add-button"),
-  addResult: byId("add-result"),
-  auditRefresh: byId("audit-refresh"),
-  auditRows: byId("audit-rows"),
-  auditSummary: byId("audit-summary"),
   resultsSection: byId("results-section"),
   resultsTitle: byId("results-title"),
   resultsSummary: byId("results-summary"),
@@ -96,124 +90,36 @@ const state = {
   caller: null, // GET /session: {subject, role, via, token_id}; decides which controls show
   notice: null, // a message for the next view (e.g. after a delete), shown once
   stats: null, // last GET /stats answer; decides the empty-results message
-  queryFile: null, // the chosen query image (picker or drop)
+  // What the search form searches: {kind: "upload", files: [File]} or {kind: "stored", image}.
+  query: null,
+  querySize: null, // an uploaded DICOM's width and height, from its header
   previewUrl: null, // blob URL of the query preview, revoked when replaced
+  batchUrls: [], // blob URLs of a batch's query images, revoked with the batch
   fullImageUrl: null, // blob URL of a stored DICOM's rendering, revoked when replaced
-  search: null, // {title, results} of the last search, shown again when returning to #/
-  similar: null, // {imageId, title, results} of the last "More like this"
-  tasks: [], // status messages of requests in flight, newest last
+  openImage: null, // the record of the image view's image
+  // The result lists of the search view, and of the image view ("More like this"):
+  // {title, lists, hash} and {imageId, title, lists, hash}; `hash` is the address that says
+  // what was searched.
+  search: null,
+  similar: null,
   routed: false, // the first route keeps the focus where the browser put it
 };
 
-/** A failure the user can act on; `message` is already readable. */
-class UserError extends Error {
-  constructor(message, status = 0, problem = null) {
-    super(message);
-    this.status = status;
-    this.problem = problem;
-  }
-}
+// Where the maps of a list's query are drawn: the search form's preview, the open image.
+const previewTarget = { layer: new MapLayer(ui.queryPreviewImage), caption: ui.queryMapCaption };
+const fullTarget = { layer: new MapLayer(ui.fullImage), caption: ui.fullMapCaption };
 
-function byId(id) {
-  return document.getElementById(id);
-}
-
-/** A new element; strings among `children` become text nodes, never markup. */
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  Object.assign(node, props);
-  node.append(...children);
-  return node;
-}
-
-// ---- talking to the gateway ----
-
-/** fetch() for every call of this page: sends the CSRF token with each change, goes to the
- * sign-in page when the session has ended (401), and turns network failures and error statuses
- * into readable UserErrors (a 403 says what the role may not do). */
-async function apiFetch(path, init = {}) {
-  const method = (init.method || "GET").toUpperCase();
-  const headers = new Headers(init.headers);
-  if (!SAFE_METHODS.includes(method)) {
-    const csrfToken = readCookie(CSRF_COOKIE);
-    if (csrfToken) headers.set(CSRF_HEADER, csrfToken);
-  }
-  let response;
-  try {
-    response = await fetch(API + path, { ...init, headers, credentials: "same-origin" });
-  } catch {
-    throw new UserError("The gateway cannot be reached. Check your connection and that MedSearch is running.");
-  }
-  if (response.status === 401) {
-    location.assign(SIGN_IN_PAGE);
-    throw new UserError("You are signed out. Opening the sign-in page…", 401);
-  }
-  if (!response.ok) throw await errorFrom(response);
-  return response;
-}
-
-function readCookie(name) {
-  for (const pair of document.cookie.split(";")) {
-    const at = pair.indexOf("=");
-    if (at > 0 && pair.slice(0, at).trim() === name) return pair.slice(at + 1).trim();
-  }
-  return null;
-}
-
-async function fetchJson(path, init = {}) {
-  return readJson(await apiFetch(path, init));
-}
-
-async function readJson(response) {
-  try {
-    return await response.json();
-  } catch {
-    throw new UserError(`The gateway sent an unreadable answer (HTTP ${response.status}).`, response.status);
-  }
-}
-
-/** The readable error for a failed response: its problem+json `detail`, else the HTTP status. */
-async function errorFrom(response) {
-  const type = response.headers.get("Content-Type") || "";
-  if (type.includes("json")) {
-    try {
-      const problem = await response.json();
-      if (problem && typeof problem === "object") {
-        return new UserError(problemMessage(problem, response.status), response.status, problem);
-      }
-    } catch {
-      // Not JSON after all: fall through to the status line.
-    }
-  }
-  const reason = response.statusText ? ` ${response.statusText}` : "";
-  return new UserError(`The gateway answered HTTP ${response.status}${reason}.`, response.status);
-}
-
-function problemMessage(problem, status) {
-  const detail = typeof problem.detail === "string" && problem.detail ? problem.detail : problem.title || `HTTP ${status}`;
-  if (!problem.dependency) return String(detail);
-  const service = `The ${problem.dependency} service`;
-  if (status === 503) return `${service} is unavailable: ${detail}`;
-  if (status === 504) return `${service} did not answer in time: ${detail}`;
-  return `${service} failed: ${detail}`;
-}
-
-/** Runs `request` with `button` disabled and `message` in the status line; null on failure. */
-async function runRequest(button, message, request, onError = showError) {
-  if (button) button.disabled = true;
-  const finish = startTask(message);
-  try {
-    const payload = await request();
-    clearError();
-    return payload;
-  } catch (error) {
-    onError(error);
-    return null;
-  } finally {
-    finish();
-    if (button) button.disabled = false;
-  }
-}
+// The boxes for a search by region, on those same two pictures.
+let showQueryRegion = () => {};
+let showImageRegion = () => {};
+const queryRegion = new RegionSelector(ui.queryStage, ui.queryPreviewImage, {
+  size: () => formQuerySize(),
+  onChange: (selector) => showQueryRegion(selector),
+});
+const imageRegion = new RegionSelector(ui.fullStage, ui.fullImage, {
+  size: () => storedSize(state.openImage, ui.fullImage),
+  onChange: (selector) => showImageRegion(selector),
+});
 
 // ---- who is signed in ----
 
@@ -252,34 +158,10 @@ function renderAccount() {
 
 async function signOut() {
   const done = await runRequest(ui.signOut, "Signing out…", () => apiFetch("/session", { method: "DELETE" }));
-  if (done) location.replace(SIGN_IN_PAGE);
+  if (done) goToSignIn();
 }
 
-// ---- status, errors, stats and the model banner ----
-
-function startTask(message) {
-  const task = { message };
-  state.tasks.push(task);
-  renderStatus();
-  return () => {
-    state.tasks = state.tasks.filter((t) => t !== task);
-    renderStatus();
-  };
-}
-
-function renderStatus() {
-  const latest = state.tasks[state.tasks.length - 1];
-  ui.status.textContent = latest ? latest.message : "";
-}
-
-function showError(error) {
-  // Anything but a UserError is a bug in this page; still say something readable.
-  ui.error.textContent = error instanceof UserError ? error.message : `The page failed: ${error.message || error}`;
-}
-
-function clearError() {
-  ui.error.textContent = "";
-}
+// ---- stats and the model banner ----
 
 async function loadStats() {
   try {
@@ -317,23 +199,36 @@ function showModel(model) {
   ui.modelWarningText.textContent = model.warning || "This model's results are not medically meaningful.";
 }
 
-function plural(count, word) {
-  return `${count ?? 0} ${word}${count === 1 ? "" : "s"}`;
-}
-
-// ---- routing: #/ search, #/image/<id>, #/add, #/audit ----
+// ---- routing: #/ search, #/image/<id>, #/add, #/audit; a search's parameters after "?" ----
 
 function parseHash(hash) {
-  const image = /^#\/image\/(\d+)$/.exec(hash);
-  if (image) return { view: "image", id: Number(image[1]) };
-  if (hash === "#/add") return { view: "add" };
-  if (hash === "#/audit") return { view: "audit" };
-  return { view: "search" };
+  const at = hash.indexOf("?");
+  const path = at < 0 ? hash : hash.slice(0, at);
+  const params = new URLSearchParams(at < 0 ? "" : hash.slice(at + 1));
+  const image = /^#\/image\/(\d+)$/.exec(path);
+  if (image) return { view: "image", id: Number(image[1]), params };
+  if (path === "#/add") return { view: "add", params };
+  if (path === "#/audit") return { view: "audit", params };
+  return { view: "search", params };
 }
 
 function isCurrent(view, id) {
   const here = parseHash(location.hash);
   return here.view === view && (id === undefined || here.id === id);
+}
+
+/** Puts `hash` in the address bar without a new history entry or a new route. */
+function setAddress(hash) {
+  const plain = (value) => (value === "" || value === "#/" ? "#/" : value);
+  if (plain(location.hash) !== plain(hash)) history.replaceState(history.state, "", hash);
+}
+
+/** The address of `list`'s search in `view` ("search" or "image"). */
+function hashOf(view, list) {
+  const params = searchParams(list, view === "search");
+  const base = view === "search" ? "#/" : imageHash(list.query.imageId);
+  // Commas may stay as they are in a fragment: "positive=3,9" reads better than "3%2C9".
+  return params ? `${base}?${params.toString().replace(/%2C/gi, ",")}` : base;
 }
 
 function route() {
@@ -345,7 +240,7 @@ function route() {
   if (needed && !may(needed)) {
     const who = state.caller ? `this identity's role is ${state.caller.role}` : "who you are is unknown";
     showError(new UserError(`${VIEW_NAMES[target.view]} needs the ${needed} role; ${who}.`));
-    target = { view: "search" };
+    target = { view: "search", params: new URLSearchParams() };
   }
   for (const [name, section] of Object.entries(ui.views)) section.hidden = name !== target.view;
   for (const link of ui.navLinks) {
@@ -357,15 +252,93 @@ function route() {
   state.routed = true;
 
   if (target.view === "image") {
-    openImage(target.id);
+    openImage(target.id, target.params);
   } else if (target.view === "audit") {
     ui.resultsSection.hidden = true;
-    loadAudit();
-  } else if (target.view === "search" && state.search) {
-    renderResults(state.search);
+    loadAudit(() => isCurrent("audit"));
+  } else if (target.view === "search") {
+    openSearchView(target.params);
   } else {
     ui.resultsSection.hidden = true;
   }
+}
+
+// ---- result lists, wherever they show ----
+
+function renderHolder(holder) {
+  ui.resultsTitle.textContent = holder.title;
+  ui.resultsSummary.textContent = holder.lists.length > 1 ? `${holder.lists.length} query images, one result list each.` : "";
+  clearQueryTarget(previewTarget);
+  clearQueryTarget(fullTarget);
+  renderLists(ui.results, holder.lists);
+  ui.resultsSection.hidden = false;
+}
+
+function holderOf(list) {
+  return [state.search, state.similar].find((holder) => holder && holder.lists.includes(list)) || null;
+}
+
+function holderShown(holder) {
+  return holder === state.search ? isCurrent("search") : isCurrent("image", holder.imageId);
+}
+
+/** Whether the search form's query is `query` (and shows as one picture). */
+function formShows(query) {
+  const current = state.query;
+  if (!current) return false;
+  if (current.kind === "stored") return !query.file && current.image.id === query.imageId;
+  return current.files.length === 1 && current.files[0] === query.file;
+}
+
+/** The address of the picture of `list`'s query, or null when there is none to show. */
+function queryUrlOf(list) {
+  const holder = holderOf(list);
+  if (holder && holder === state.similar && ui.fullImage.getAttribute("src")) return ui.fullImage.src;
+  if (formShows(list.query) && ui.queryPreviewImage.getAttribute("src")) return ui.queryPreviewImage.src;
+  return list.query.url || null;
+}
+
+/** The page's pictures that show `list`'s query, to draw its maps on. */
+function queryTargetsOf(list) {
+  const holder = holderOf(list);
+  if (!holder || holder.lists.length !== 1 || !holderShown(holder)) return [];
+  if (holder === state.similar) return [fullTarget];
+  return formShows(list.query) && !ui.queryPreviewImage.hidden ? [previewTarget] : [];
+}
+
+function emptyMessage(list) {
+  if (list.pending) return "Searching…";
+  if (list.error) return `This search failed: ${list.error}`;
+  const nothingIndexed = state.stats && state.stats.index && state.stats.index.indexed === 0;
+  return nothingIndexed ? "Nothing indexed yet" : "No image matches these filters";
+}
+
+/** Runs `list` with `button` busy; shows its model. True when it succeeded. */
+async function runList(list, button, message = "Searching…") {
+  const payload = await runRequest(button, message, () => searchList(list));
+  if (!payload) return false;
+  showModel(list.model);
+  // Refresh the counts so an empty list can tell "nothing indexed" from "nothing matches".
+  if (!list.results.length) await loadStats();
+  return true;
+}
+
+/** Searches `list` again with its marks, in place of the list it was refined from. */
+async function refineList(list, button) {
+  const holder = holderOf(list);
+  if (!holder) return;
+  const next = newList(list.query, list.options, list.title, new Map(list.marks));
+  if (!(await runList(next, button, "Refining the search…"))) return;
+  const at = holder.lists.indexOf(list);
+  if (at < 0) return; // Another search replaced this one meanwhile.
+  holder.lists[at] = next;
+  const view = holder === state.search ? "search" : "image";
+  if (holder.lists.length === 1) holder.hash = hashOf(view, next);
+  if (!holderShown(holder)) return;
+  if (holder.lists.length === 1) setAddress(holder.hash);
+  replaceList(list, next);
+  const heading = holder.lists.length > 1 ? next.view.section.querySelector(".list-title") : ui.resultsTitle;
+  heading.focus();
 }
 
 // ---- search view ----
@@ -381,13 +354,55 @@ async function isDicom(file) {
   return String.fromCharCode(...magic) === "DICM";
 }
 
-async function chooseQueryFile(file) {
-  const dicom = await isDicom(file);
-  if (!dicom && !isPngOrJpeg(file)) {
-    showError(new UserError(`"${file.name}" is not a PNG, JPEG or DICOM file.`));
+/**
+ * A DICOM's Columns and Rows, (0028,0011) and (0028,0010), read from its header (little
+ * endian, explicit or implicit VR); null when not found. Its preview is scaled to at most
+ * 1024 px, so a region drawn on the preview is scaled to these, the pixels the server reads.
+ */
+async function dicomSize(file) {
+  const bytes = await file.slice(0, 256 * 1024).arrayBuffer();
+  const view = new DataView(bytes);
+  const found = {};
+  for (let at = 132; at + 10 <= bytes.byteLength && !(found[0x10] && found[0x11]); at += 2) {
+    if (view.getUint16(at, true) !== 0x0028) continue;
+    const element = view.getUint16(at + 2, true);
+    if (element !== 0x10 && element !== 0x11) continue;
+    const explicit = view.getUint8(at + 4) === 0x55 && view.getUint8(at + 5) === 0x53; // "US"
+    const length = explicit ? view.getUint16(at + 6, true) : view.getUint32(at + 4, true);
+    if (length === 2 && !found[element]) found[element] = view.getUint16(at + 8, true);
+  }
+  return found[0x10] && found[0x11] ? { width: found[0x11], height: found[0x10] } : null;
+}
+
+async function chooseQueryFiles(chosen) {
+  const files = [...chosen];
+  if (!files.length) return;
+  if (files.length > MAX_BATCH) {
+    showError(new UserError(`Choose at most ${MAX_BATCH} images at once (${files.length} chosen).`));
     return;
   }
-  state.queryFile = file;
+  for (const file of files) {
+    if (!(await isDicom(file)) && !isPngOrJpeg(file)) {
+      showError(new UserError(`"${file.name}" is not a PNG, JPEG or DICOM file.`));
+      return;
+    }
+  }
+  if (files.length === 1) {
+    await chooseQueryFile(files[0]);
+    return;
+  }
+  state.query = { kind: "upload", files };
+  state.querySize = null;
+  setPreview(null);
+  ui.queryPreview.hidden = false;
+  ui.queryName.textContent = `${files.length} images, each searched on its own: ${files.map((file) => file.name).join(", ")}`;
+  clearError();
+}
+
+async function chooseQueryFile(file) {
+  const dicom = await isDicom(file);
+  state.query = { kind: "upload", files: [file] };
+  state.querySize = null;
   ui.queryPreview.hidden = false;
   ui.queryName.textContent = file.name;
   if (!dicom) {
@@ -397,27 +412,57 @@ async function chooseQueryFile(file) {
   }
   // Browsers cannot draw DICOM, so the gateway renders a PNG of it.
   setPreview(null);
+  const size = await dicomSize(file);
+  if (state.query && state.query.files[0] === file) state.querySize = size;
   const body = new FormData();
   body.append("image", file, file.name);
   const blob = await runRequest(null, "Rendering the DICOM preview…", async () => {
     const response = await apiFetch("/previews", { method: "POST", body });
     return response.blob();
   });
-  if (state.queryFile !== file) return; // A newer choice replaced this one meanwhile.
+  if (!state.query || state.query.files[0] !== file) return; // A newer choice replaced this one meanwhile.
   if (blob) setPreview(URL.createObjectURL(blob), file.name);
   else ui.queryName.textContent = `${file.name} (no preview; it can still be searched)`;
 }
 
-function setPreview(url, name = "") {
+/** A stored image as the search form's query (an address with query_id). */
+function chooseStoredQuery(image) {
+  state.query = { kind: "stored", image };
+  state.querySize = null;
+  ui.queryFile.value = "";
+  ui.queryPreview.hidden = false;
+  ui.queryName.textContent = `Image ${image.id} (stored)`;
+  showStoredPicture(image, (url, blob) => setPreview(url, `image ${image.id}`, blob), () => formShows({ imageId: image.id }));
+}
+
+function setPreview(url, name = "", isBlob = true) {
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
-  state.previewUrl = url;
+  state.previewUrl = url && isBlob ? url : null;
+  clearQueryTarget(previewTarget);
+  queryRegion.clear();
   ui.queryPreviewImage.hidden = !url;
+  ui.queryRegion.hidden = !url;
   if (url) {
     ui.queryPreviewImage.src = url;
     ui.queryPreviewImage.alt = `Preview of the query image ${name}`;
   } else {
     ui.queryPreviewImage.removeAttribute("src");
   }
+}
+
+/** The search form's query image in its original pixels (the space of a region). */
+function formQuerySize() {
+  if (state.query && state.query.kind === "stored") return storedSize(state.query.image, ui.queryPreviewImage);
+  if (state.querySize) return state.querySize;
+  // A PNG or JPEG preview is the upload itself; a DICOM's is its rendering, at most 1024 px.
+  const img = ui.queryPreviewImage;
+  return img.naturalWidth ? { width: img.naturalWidth, height: img.naturalHeight } : null;
+}
+
+/** A stored image's size from its record; else, from the picture that shows it. */
+function storedSize(image, img) {
+  if (image && image.width && image.height) return { width: image.width, height: image.height };
+  return img.naturalWidth ? { width: img.naturalWidth, height: img.naturalHeight } : null;
 }
 
 function wireDropZone() {
@@ -435,10 +480,9 @@ function wireDropZone() {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("drag-over");
-    const file = event.dataTransfer.files[0];
-    if (!file) return;
+    if (!event.dataTransfer.files.length) return;
     ui.queryFile.value = ""; // So that picking a file afterwards always fires "change".
-    chooseQueryFile(file);
+    chooseQueryFiles(event.dataTransfer.files);
   });
   // A drop that misses the zone would otherwise open the file and lose the page's state.
   window.addEventListener("dragover", (event) => {
@@ -448,185 +492,181 @@ function wireDropZone() {
   window.addEventListener("drop", (event) => event.preventDefault());
 }
 
-/** k, filter and one_per_patient from the search form; used by Search and "More like this". */
-function readSearchOptions() {
-  const k = readNumber(ui.k, "Number of results (k)", 1, 100, true) ?? DEFAULT_K;
-  const filter = {};
-  addList(filter, "dataset", ui.filterDataset.value);
-  if (ui.filterSex.value) filter.sex = [ui.filterSex.value];
-  addList(filter, "view_position", ui.filterView.value);
-
-  const min = readNumber(ui.filterAgeMin, "Age from", 0, 130);
-  const max = readNumber(ui.filterAgeMax, "Age to", 0, 130);
-  if (min !== null && max !== null && min > max) throw new UserError("Age from is above age to.");
-  const age = {};
-  if (min !== null) age.min = min;
-  if (max !== null) age.max = max;
-  if (Object.keys(age).length) filter.age = age;
-
-  const findings = {};
-  addList(findings, "any", ui.filterFindingsAny.value);
-  addList(findings, "none", ui.filterFindingsNone.value);
-  if (Object.keys(findings).length) filter.findings = findings;
-
-  return { k, filter: Object.keys(filter).length ? filter : null, onePerPatient: ui.onePerPatient.checked };
-}
-
-function splitList(text) {
-  return [...new Set(text.split(",").map((part) => part.trim()).filter(Boolean))];
-}
-
-function addList(target, key, text) {
-  const values = splitList(text);
-  if (values.length) target[key] = values;
-}
-
-/** The number in `input`, or null when empty; throws a UserError naming the field when invalid. */
-function readNumber(input, label, min, max = Infinity, integer = false) {
-  const raw = input.value.trim();
-  if (raw === "" && !input.validity.badInput) return null;
-  const value = Number(raw);
-  const valid = raw !== "" && Number.isFinite(value) && value >= min && value <= max;
-  if (!valid || (integer && !Number.isInteger(value))) {
-    const range = max === Infinity ? `${min} or more` : `from ${min} to ${max}`;
-    throw new UserError(`${label} must be ${integer ? "a whole number" : "a number"} ${range}.`);
+function formOptions() {
+  try {
+    return readSearchOptions();
+  } catch (error) {
+    showError(error);
+    return null;
   }
-  return value;
 }
 
 async function submitSearch(event) {
   event.preventDefault();
-  if (!state.queryFile) {
+  if (!state.query) {
     showError(new UserError("Choose a query image first: drop it on the box or use the file picker."));
     return;
   }
-  let options;
-  try {
-    options = readSearchOptions();
-  } catch (error) {
-    showError(error);
-    return;
-  }
-  const file = state.queryFile;
-  const body = new FormData();
-  body.append("image", file, file.name);
-  body.append("k", String(options.k));
-  if (options.filter) body.append("filter", JSON.stringify(options.filter));
-  body.append("one_per_patient", String(options.onePerPatient));
+  const options = formOptions();
+  if (!options) return;
+  if (state.query.kind === "upload" && state.query.files.length > 1) await searchBatch(state.query.files, options);
+  else await searchForm(null, options, ui.searchButton);
+}
 
-  const payload = await runRequest(ui.searchButton, "Searching…", () =>
-    fetchJson("/search", { method: "POST", body }),
-  );
-  if (!payload) return;
-  showModel(payload.model);
-  state.search = { title: `Results for ${file.name}`, results: resultsOf(payload) };
-  // Refresh the counts so an empty list can tell "nothing indexed" from "nothing matches".
-  if (!state.search.results.length) await loadStats();
+/** Searches the form's one query image (or `region` of it) and shows its list. */
+async function searchForm(region, options, button) {
+  const current = state.query;
+  const query = current.kind === "stored"
+    ? { file: null, imageId: current.image.id, region, name: `image ${current.image.id}`, url: null }
+    : { file: current.files[0], imageId: null, region, name: current.files[0].name, url: null };
+  const title = current.kind === "stored"
+    ? (region ? `Similar to a region of image ${query.imageId}` : `Similar to image ${query.imageId}`)
+    : (region ? `Results for a region of ${query.name}` : `Results for ${query.name}`);
+  const list = newList(query, options, title);
+  if (!(await runList(list, button))) return;
+  state.search = { title, lists: [list], hash: hashOf("search", list) };
   if (isCurrent("search")) {
-    renderResults(state.search);
+    setAddress(state.search.hash);
+    renderHolder(state.search);
     ui.resultsTitle.focus();
   }
 }
 
-function resultsOf(payload) {
-  return Array.isArray(payload.results) ? payload.results : [];
+/** One search per image, at most BATCH_AT_ONCE at a time; each list shows when it is done. */
+async function searchBatch(files, options) {
+  for (const url of state.batchUrls) if (url) URL.revokeObjectURL(url);
+  state.batchUrls = files.map((file) => (isPngOrJpeg(file) ? URL.createObjectURL(file) : null));
+  const lists = files.map((file, i) => {
+    const query = { file, imageId: null, region: null, name: file.name, url: state.batchUrls[i] };
+    const list = newList(query, options, file.name);
+    list.pending = true;
+    return list;
+  });
+  const holder = { title: `Results for ${files.length} query images`, lists, hash: "#/" };
+  state.search = holder;
+  if (isCurrent("search")) {
+    setAddress(holder.hash);
+    renderHolder(holder);
+    ui.resultsTitle.focus();
+  }
+  ui.searchButton.disabled = true;
+  const finish = startTask(`Searching ${files.length} images…`);
+  const failed = [];
+  try {
+    await inPool(lists, BATCH_AT_ONCE, async (list) => {
+      try {
+        await searchList(list);
+        showModel(list.model);
+      } catch (error) {
+        list.error = error instanceof UserError ? error.message : String(error);
+        failed.push(list.title);
+      }
+      list.pending = false;
+      if (state.search === holder && isCurrent("search")) replaceList(list, list);
+    });
+  } finally {
+    finish();
+    ui.searchButton.disabled = false;
+  }
+  if (failed.length) showError(new UserError(`${failed.length} of ${files.length} searches failed (${failed.join(", ")}); each list says why.`));
+  else clearError();
 }
 
-// ---- results grid (search and "More like this") ----
-
-function renderResults({ title, results }) {
-  ui.resultsTitle.textContent = title;
-  ui.resultsSummary.textContent = results.length ? plural(results.length, "result") : "";
-  ui.results.replaceChildren(...(results.length ? results.map(resultCard) : [emptyResults()]));
-  ui.resultsSection.hidden = false;
+/** The search view: the lists kept from before, or the search the address describes. */
+function openSearchView(params) {
+  const described = params.has("query_id") || params.has("positive");
+  if (described && (!state.search || state.search.hash !== location.hash)) {
+    searchFromAddress(params);
+    return;
+  }
+  if (state.search) {
+    setAddress(state.search.hash);
+    renderHolder(state.search);
+  } else {
+    ui.resultsSection.hidden = true;
+  }
 }
 
-function emptyResults() {
-  const nothingIndexed = state.stats && state.stats.index && state.stats.index.indexed === 0;
-  return el("p", { className: "results-empty" }, nothingIndexed ? "Nothing indexed yet" : "No image matches these filters");
-}
-
-function resultCard({ rank, score, image }) {
-  const meta = image.metadata || {};
-  const card = el("a", { className: "result", href: imageHash(image.id) });
-  card.dataset.imageId = String(image.id);
-  card.dataset.rank = String(rank);
-  card.append(
-    el("img", {
-      className: "result-thumb",
-      src: image.thumbnail_url,
-      alt: `Thumbnail of image ${image.id}`,
-      loading: "lazy",
-      decoding: "async",
-    }),
-    el(
-      "div",
-      { className: "result-body" },
-      el(
-        "p",
-        { className: "result-heading" },
-        el("span", { className: "result-rank" }, `#${rank}`),
-        el("span", { className: "result-score" }, `score ${formatScore(score)}`),
-      ),
-      definitionList(el("dl", { className: "result-meta" }), [
-        ["Image", String(image.id)],
-        ["External ID", text(meta.external_id)],
-        ["Dataset", text(meta.dataset)],
-        ["Patient", text(meta.patient_id)],
-        ["Age/sex/view", [ageText(meta.age), text(meta.sex), text(meta.view_position)].join(" · ")],
-        ["Findings", findingsText(meta.findings)],
-      ]),
-    ),
-  );
-  return card;
-}
-
-function imageHash(id) {
-  return `#/image/${encodeURIComponent(String(id))}`;
-}
-
-/** Fills `list` with <dt>/<dd> pairs; a value is text or a DOM node. */
-function definitionList(list, rows) {
-  list.replaceChildren(...rows.flatMap(([label, value]) => [el("dt", {}, label), el("dd", {}, value)]));
-  return list;
-}
-
-function text(value) {
-  return value === null || value === undefined || value === "" ? "—" : String(value);
-}
-
-function ageText(age) {
-  return age === null || age === undefined ? "—" : `${age} y`;
-}
-
-function findingsText(findings) {
-  if (!Array.isArray(findings)) return text(findings);
-  return findings.length ? findings.join(", ") : "No finding";
-}
-
-function formatScore(score) {
-  return typeof score === "number" ? score.toFixed(3) : "—";
+/** Runs the search an address describes: a stored query (query_id), or marked images alone. */
+async function searchFromAddress(params) {
+  ui.resultsSection.hidden = true;
+  let wanted;
+  try {
+    wanted = readSearchParams(params);
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const here = location.hash;
+  fillSearchForm(wanted.options);
+  const marks = new Map([...wanted.positive.map((id) => [id, "positive"]), ...wanted.negative.map((id) => [id, "negative"])]);
+  let query;
+  let title;
+  if (wanted.queryId !== null) {
+    const image = await runRequest(null, `Loading image ${wanted.queryId}…`, () => fetchJson(`/images/${wanted.queryId}`));
+    if (!image || location.hash !== here) return;
+    chooseStoredQuery(image);
+    query = { file: null, imageId: image.id, region: wanted.region, name: `image ${image.id}`, url: null };
+    title = wanted.region ? `Similar to a region of image ${image.id}` : `Similar to image ${image.id}`;
+  } else {
+    query = { file: null, imageId: null, region: null, name: "the marked images", url: null };
+    title = `Like ${wanted.positive.length === 1 ? "image" : "images"} ${wanted.positive.join(", ")}`;
+  }
+  const list = newList(query, wanted.options, title, marks);
+  if (!(await runList(list, ui.searchButton))) return;
+  state.search = { title, lists: [list], hash: hashOf("search", list) };
+  if (location.hash === here) {
+    setAddress(state.search.hash);
+    renderHolder(state.search);
+  }
 }
 
 // ---- image view ----
 
-async function openImage(id) {
+async function openImage(id, params) {
   ui.imageTitle.textContent = `Image ${id}`;
   ui.imageDetail.hidden = true;
   closeDeleteConfirm(false);
   ui.fullImage.removeAttribute("src");
-  if (state.similar && state.similar.imageId === id) renderResults(state.similar);
-  else ui.resultsSection.hidden = true;
+  imageRegion.clear();
+  state.openImage = null;
+  const described = [...params.keys()].length > 0;
+  const kept = state.similar && state.similar.imageId === id && (!described || state.similar.hash === location.hash);
+  if (kept) {
+    setAddress(state.similar.hash);
+    renderHolder(state.similar);
+  } else {
+    ui.resultsSection.hidden = true;
+  }
 
+  const here = location.hash;
   const image = await runRequest(null, `Loading image ${id}…`, () => fetchJson(`/images/${id}`));
-  if (image && isCurrent("image", id)) renderImage(image);
+  if (!image || !isCurrent("image", id)) return;
+  renderImage(image);
+  if (kept) renderHolder(state.similar); // The query picture is there now: draw its map.
+  if (!kept && described && location.hash === here) {
+    let wanted;
+    try {
+      wanted = readSearchParams(params);
+    } catch (error) {
+      showError(error);
+      return;
+    }
+    fillSearchForm(wanted.options);
+    const marks = new Map([...wanted.positive.map((m) => [m, "positive"]), ...wanted.negative.map((m) => [m, "negative"])]);
+    await searchImage(id, wanted.region, wanted.options, marks, ui.moreLikeThis);
+  }
 }
 
 function renderImage(image) {
   const meta = image.metadata || {};
+  state.openImage = image;
   ui.imageTitle.textContent = meta.external_id ? `Image ${image.id}: ${meta.external_id}` : `Image ${image.id}`;
-  if (image.mime_type === "application/dicom") showStoredDicom(image);
-  else ui.fullImage.src = image.file_url;
+  showStoredPicture(image, (url, blob) => {
+    if (state.fullImageUrl) URL.revokeObjectURL(state.fullImageUrl);
+    state.fullImageUrl = blob ? url : null;
+    ui.fullImage.src = url;
+  }, () => isCurrent("image", image.id));
   ui.fullImage.alt = `Chest X-ray, image ${image.id}`;
   definitionList(ui.metadata, imageRows(image));
   const indexed = image.index_state === "indexed";
@@ -637,20 +677,22 @@ function renderImage(image) {
 }
 
 /**
- * Browsers cannot draw DICOM: the stored (de-identified) file is rendered to a PNG by the gateway,
- * as a DICOM query is. Its thumbnail shows meanwhile, and stays if the rendering fails.
+ * Shows a stored image through `show(url, isBlob)`. Browsers cannot draw DICOM: the stored
+ * (de-identified) file is rendered to a PNG by the gateway, as a DICOM query is. Its thumbnail
+ * shows meanwhile, and stays if the rendering fails. `wanted()` says whether it is still wanted.
  */
-async function showStoredDicom(image) {
-  ui.fullImage.src = image.thumbnail_url;
+async function showStoredPicture(image, show, wanted) {
+  if (image.mime_type !== "application/dicom") {
+    show(image.file_url, false);
+    return;
+  }
+  show(image.thumbnail_url, false);
   try {
     const stored = await (await apiFetch(`/images/${image.id}/file`)).blob();
     const body = new FormData();
     body.append("image", stored, `image-${image.id}.dcm`);
     const rendered = await (await apiFetch("/previews", { method: "POST", body })).blob();
-    if (!isCurrent("image", image.id)) return;
-    if (state.fullImageUrl) URL.revokeObjectURL(state.fullImageUrl);
-    state.fullImageUrl = URL.createObjectURL(rendered);
-    ui.fullImage.src = state.fullImageUrl;
+    if (wanted()) show(URL.createObjectURL(rendered), true);
   } catch {
     // The thumbnail stays: a smaller view of the same image.
   }
@@ -700,34 +742,24 @@ function indexStateBadge(indexState) {
   return el("span", { className: `state state-${known}` }, text(indexState));
 }
 
-function formatDate(value) {
-  const date = new Date(value);
-  return value && !Number.isNaN(date.getTime()) ? date.toLocaleString() : text(value);
-}
-
-async function findSimilar() {
-  const here = parseHash(location.hash);
-  if (here.view !== "image") return;
-  let options;
-  try {
-    options = readSearchOptions();
-  } catch (error) {
-    showError(error);
-    return;
-  }
-  const params = new URLSearchParams({ k: String(options.k), one_per_patient: String(options.onePerPatient) });
-  if (options.filter) params.set("filter", JSON.stringify(options.filter));
-
-  const payload = await runRequest(ui.moreLikeThis, "Searching…", () =>
-    fetchJson(`/images/${here.id}/similar?${params}`),
-  );
-  if (!payload) return;
-  showModel(payload.model);
-  state.similar = { imageId: here.id, title: `Similar to image ${here.id}`, results: resultsOf(payload) };
-  if (isCurrent("image", here.id)) {
-    renderResults(state.similar);
+/** "More like this": the open image (or `region` of it) as the query. */
+async function searchImage(id, region, options, marks, button) {
+  const query = { file: null, imageId: id, region, name: `image ${id}`, url: null };
+  const title = region ? `Similar to a region of image ${id}` : `Similar to image ${id}`;
+  const list = newList(query, options, title, marks);
+  if (!(await runList(list, button))) return;
+  state.similar = { imageId: id, title, lists: [list], hash: hashOf("image", list) };
+  if (isCurrent("image", id)) {
+    setAddress(state.similar.hash);
+    renderHolder(state.similar);
     ui.resultsTitle.focus();
   }
+}
+
+function findSimilar() {
+  const here = parseHash(location.hash);
+  const options = here.view === "image" && formOptions();
+  if (options) searchImage(here.id, null, options, new Map(), ui.moreLikeThis);
 }
 
 /** Indexes the open image for the active model (editor): what `medsearch reindex` does. */
@@ -737,7 +769,7 @@ async function reindexImage() {
   const payload = await runRequest(ui.reindexImage, `Indexing image ${here.id}…`, () =>
     fetchJson(`/images/${here.id}/index`, { method: "POST" }),
   );
-  if (payload && isCurrent("image", here.id)) openImage(here.id);
+  if (payload && isCurrent("image", here.id)) openImage(here.id, here.params);
 }
 
 // Deleting asks once more in the page itself (no confirm() dialog: it blocks and cannot be styled).
@@ -764,9 +796,12 @@ async function deleteImage() {
     apiFetch(`/images/${id}`, { method: "DELETE" }),
   );
   if (!done) return;
-  // Results shown earlier must not offer the deleted image any more.
-  for (const kept of [state.search, state.similar]) {
-    if (kept) kept.results = kept.results.filter((result) => result.image.id !== id);
+  // Results shown earlier must not offer the deleted image any more, nor keep it marked.
+  for (const holder of [state.search, state.similar]) {
+    for (const list of holder ? holder.lists : []) {
+      list.results = list.results.filter((result) => result.image.id !== id);
+      list.marks.delete(id);
+    }
   }
   if (state.similar && state.similar.imageId === id) state.similar = null;
   state.notice = `Deleted image ${id}.`;
@@ -774,131 +809,32 @@ async function deleteImage() {
   if (isCurrent("image", id)) location.hash = "#/";
 }
 
-// ---- audit view (admin) ----
-
-async function loadAudit() {
-  const params = new URLSearchParams({ limit: String(AUDIT_EVENTS) });
-  const page = await runRequest(ui.auditRefresh, "Loading the audit trail…", () =>
-    fetchJson(`/audit?${params}`, { cache: "no-store" }),
-  );
-  if (!page || !isCurrent("audit")) return;
-  const events = Array.isArray(page.items) ? page.items : [];
-  ui.auditRows.replaceChildren(...events.map(auditRow));
-  ui.auditSummary.textContent = events.length
-    ? `The latest ${plural(events.length, "event")}` + (page.next_cursor ? "; the CSV has them all." : ".")
-    : "No events recorded yet.";
-}
-
-function auditRow(event) {
-  const outcome = AUDIT_OUTCOMES.includes(event.outcome) ? event.outcome : "unknown";
-  const results = Array.isArray(event.result_ids) ? String(event.result_ids.length) : "—";
-  const cells = [
-    formatDate(event.at),
-    text(event.actor),
-    text(event.role),
-    text(event.action),
-    el("span", { className: `state state-${outcome}` }, text(event.outcome)),
-    text(event.image_id),
-    results,
-    text(event.detail),
-  ];
-  const row = el("tr", {}, ...cells.map((cell) => el("td", {}, cell)));
-  row.dataset.action = text(event.action);
-  return row;
-}
-
-// ---- add view ----
-
-/** The metadata JSON of the add form; empty fields are left out. */
-function readAddMetadata() {
-  const dataset = ui.addDataset.value.trim();
-  if (!dataset) throw new UserError("Dataset is required.");
-  const metadata = { dataset };
-  const texts = { external_id: ui.addExternalId, patient_id: ui.addPatientId, view_position: ui.addViewPosition };
-  for (const [key, input] of Object.entries(texts)) {
-    const value = input.value.trim();
-    if (value) metadata[key] = value;
-  }
-  const study = readNumber(ui.addStudy, "Study number", 0, Infinity, true);
-  if (study !== null) metadata.study = study;
-  const age = readNumber(ui.addAge, "Age", 0, 130);
-  if (age !== null) metadata.age = age;
-  if (ui.addSex.value) metadata.sex = ui.addSex.value;
-  const findings = splitList(ui.addFindings.value);
-  if (findings.length) metadata.findings = findings;
-  return metadata;
-}
-
-async function submitAdd(event) {
-  event.preventDefault();
-  const file = ui.addFile.files[0];
-  let metadata;
-  try {
-    if (!file) throw new UserError("Choose a PNG, JPEG or DICOM file to add.");
-    metadata = readAddMetadata();
-  } catch (error) {
-    showError(error);
-    return;
-  }
-  const body = new FormData();
-  body.append("image", file, file.name);
-  body.append("metadata", JSON.stringify(metadata));
-  showOutcome(null);
-
-  let status = 0;
-  const payload = await runRequest(
-    ui.addButton,
-    "Adding the image…",
-    async () => {
-      const response = await apiFetch("/images", { method: "POST", body });
-      status = response.status;
-      return readJson(response);
-    },
-    showAddFailure,
-  );
-  if (!payload) return;
-  const id = payload.image.id;
-  const indexing = payload.indexed ? "indexed" : "not indexed yet";
-  const message = status === 200 ? `Image ${id} is already in the catalog, ${indexing}` : `Added image ${id}, ${indexing}`;
-  showOutcome("success", message, id);
-  loadStats();
-}
-
-/** A stored-but-not-indexed upload (503 with image_id) is half done: say how to finish it. */
-function showAddFailure(error) {
-  showError(error);
-  const problem = error.problem || {};
-  if (error.status === 503 && problem.image_id !== null && problem.image_id !== undefined) {
-    const detail = String(problem.detail || "indexing failed").replace(/[.\s]+$/, "");
-    showOutcome("warning", `Stored as image ${problem.image_id} but not indexed yet: ${detail}. Submit again to finish.`, problem.image_id);
-  }
-}
-
-/** Writes the add outcome (kind "success" or "warning") with a link to the image; null clears it. */
-function showOutcome(kind, message = "", imageId = null) {
-  ui.addResult.className = kind ? `outcome outcome-${kind}` : "outcome";
-  ui.addResult.replaceChildren();
-  if (!kind) return;
-  ui.addResult.append(el("span", {}, message), " ", el("a", { href: imageHash(imageId) }, `Open image ${imageId}`));
-}
-
 // ---- start ----
 
 async function start() {
+  initMaps();
+  initCompare();
+  initResults({ refine: refineList, queryUrl: queryUrlOf, queryTargets: queryTargetsOf, emptyMessage });
+  showQueryRegion = regionBar(ui.queryRegion, queryRegion, (region, button) => {
+    const options = state.query && formOptions();
+    if (options) searchForm(region, options, button);
+  });
+  showImageRegion = regionBar(ui.imageRegion, imageRegion, (region, button) => {
+    const here = parseHash(location.hash);
+    const options = here.view === "image" && formOptions();
+    if (options) searchImage(here.id, region, options, new Map(), button);
+  });
   ui.signOut.addEventListener("click", signOut);
   ui.searchForm.addEventListener("submit", submitSearch);
-  ui.queryFile.addEventListener("change", () => {
-    const file = ui.queryFile.files[0];
-    if (file) chooseQueryFile(file);
-  });
+  ui.queryFile.addEventListener("change", () => chooseQueryFiles(ui.queryFile.files));
   wireDropZone();
   ui.moreLikeThis.addEventListener("click", findSimilar);
   ui.reindexImage.addEventListener("click", reindexImage);
   ui.deleteImage.addEventListener("click", openDeleteConfirm);
   ui.deleteCancel.addEventListener("click", () => closeDeleteConfirm());
   ui.deleteConfirmButton.addEventListener("click", deleteImage);
-  ui.auditRefresh.addEventListener("click", loadAudit);
-  ui.addForm.addEventListener("submit", submitAdd);
+  initAudit(() => isCurrent("audit"));
+  initAdd({ imageHash, added: loadStats });
   // A page kept by the back/forward cache may outlive its session: ask again.
   window.addEventListener("pageshow", (event) => {
     if (event.persisted) loadSession();
