@@ -9,7 +9,7 @@ import pytest
 
 from medsearch_common import validation
 from medsearch_common.validation import Invalid
-from tests.support.id_ranges import BAD_QUERY_RANGES
+from tests.support.id_ranges import BAD_QUERY_RANGES, BAD_THRESHOLDS
 
 
 class Refused(Invalid):
@@ -77,6 +77,18 @@ RANGES_ONLY = [(params, words) for params, words in BAD_QUERY_RANGES if set(para
 def test_bad_ranges_of_ids_in_a_query_name_what_is_wrong(params: dict[str, str], words: str) -> None:
     with pytest.raises(Refused, match=re.escape(words)):
         validation.id_range_in_query(params.get("from"), params.get("to"), error=Refused)
+
+
+def test_similarity_thresholds_are_numbers_above_0_up_to_1() -> None:
+    assert [validation.similarity(v, "threshold") for v in (1, 1.0, 0.5, 1e-9)] == [1.0, 1.0, 0.5, 1e-9]
+    with pytest.raises(Refused, match="got nan"):
+        validation.similarity(float("nan"), "threshold", error=Refused)
+
+
+@pytest.mark.parametrize(("value", "words"), BAD_THRESHOLDS, ids=lambda v: repr(v)[:40])
+def test_bad_similarity_thresholds_name_what_is_wrong(value: Any, words: str) -> None:
+    with pytest.raises(Refused, match=re.escape(words)):
+        validation.similarity(value, "threshold", error=Refused)
 
 
 def test_flags() -> None:

@@ -64,6 +64,7 @@ def test_every_write_needs_an_editor_and_metrics_an_admin() -> None:
             "/api/v1/search",
             "/api/v1/similarity-maps",  # reads stored images, writes nothing
             "/api/v1/searches",
+            "/api/v1/duplicates",  # reads the index and the catalog, writes nothing
             "/api/v1/previews",
             "/api/v1/session",
         ):

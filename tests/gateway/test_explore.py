@@ -207,7 +207,7 @@ def test_maps_of_an_uploaded_region_and_a_missing_result(
             f"positive image {UNKNOWN_ID} is not",
         ),
         ({"query_id": "{a}", "negative": "x1"}, 400, "invalid-request", "negative image ID"),
-        ({"k": "5"}, 400, "invalid-request", "an image, a query_id, or at least one positive"),
+        ({"k": "5"}, 400, "invalid-request", "or at least one positive image ID"),
         (
             {"region": "0,0,300,300", "positive": "{b}"},
             400,

@@ -57,7 +57,7 @@ def png_bytes(size: tuple[int, int] = (64, 64), seed: int = 0) -> bytes:
 @pytest.mark.parametrize(
     ("files", "form", "status", "says"),
     [
-        ({}, {"k": "5"}, 400, "exactly one file"),
+        ({}, {"k": "5"}, 400, "one file in the multipart field 'image'"),
         ({"image": ("a.png", b"")}, {}, 400, "empty"),
         ({"image": ("x-ray.png", b"%PDF-1.7 not an image")}, {}, 415, "not a PNG, JPEG or DICOM"),
         ({"image": ("x.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)}, {}, 422, "PNG"),

@@ -304,6 +304,23 @@ def test_verify_answers(gateway: FlaskClient, indexed: list[Indexed]) -> None:
     assert "to (1) must be greater than from (5)" in refused["detail"]
 
 
+def test_duplicates_answers(gateway: FlaskClient, indexed: list[Indexed]) -> None:
+    duplicates = "/api/v1/duplicates"
+    # A low threshold: random weights make every X-ray look alike, so pairs come back.
+    found = gateway.post(duplicates, json={"from": 0, "to": 100, "threshold": 0.5, "k": 2})
+    assert found.status_code == 200, found.get_data(as_text=True)
+    body = check(found, duplicates, "post")
+    assert body["pairs"] and body["images"] and body["vectors"] >= 1 and body["max_image_id"] >= 1
+    refused = problem(
+        gateway.post(duplicates, json={"from": 0, "to": 100, "threshold": 1.5}),
+        duplicates,
+        "post",
+        400,
+        "invalid-request",
+    )
+    assert "threshold must be greater than 0 and at most 1, got 1.5" in refused["detail"]
+
+
 def test_add_refusals(gateway: FlaskClient, indexed: list[Indexed]) -> None:
     before = check(gateway.get(STATS), STATS, "get")["images"]
     no_metadata = post_upload(gateway, IMAGES, fresh_png())

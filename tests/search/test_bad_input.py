@@ -22,7 +22,7 @@ from werkzeug.test import TestResponse
 from medsearch_search.app import create_app
 from medsearch_search.service import SearchService
 from tests.search.conftest import new_model_id, unit_vectors, upsert
-from tests.support.id_ranges import BAD_QUERY_RANGES
+from tests.support.id_ranges import BAD_QUERY_RANGES, BAD_THRESHOLDS, range_rows_for
 
 DIM = 4
 STORED = unit_vectors(3, DIM, seed=3)
@@ -673,6 +673,7 @@ def test_an_invalid_model_id_is_400_everywhere_and_creates_nothing(existing: Exi
     assert_refused(client.post(f"{at}/search", json=query()), 400, words)
     assert_refused(client.get(f"{at}/vectors/1"), 400, words)
     assert_refused(client.delete(f"{at}/vectors/1"), 400, words)
+    assert_refused(client.post(f"{at}/neighbors", json=NEIGHBORS), 400, words)
     assert_not_listed(client, model_id)
     assert_still_serving(existing)
 
@@ -753,6 +754,68 @@ def test_the_widest_range_of_vector_ids_lists_them_all(existing: Existing) -> No
     ).json == {"ids": []}
     bad_model = existing.client.get("/v1/models/-x/vector-ids", query_string={"from": 0, "to": 5})
     assert_refused(bad_model, 400, "a model_id is 1-128 of")
+
+
+# -- neighbors (the near-duplicate scan) ------------------------------------------------------------------
+
+NEIGHBORS = {"from": 0, "to": 10, "threshold": 0.5}
+BAD_NEIGHBORS: list[tuple[Any, str]] = [
+    *(
+        ({**body, "threshold": 0.5} if isinstance(body, dict) else body, words)
+        for body, words in range_rows_for({"threshold", "k"})
+    ),
+    *(({**NEIGHBORS, "threshold": value}, words) for value, words in BAD_THRESHOLDS),
+    ({"from": 0, "to": 10}, "threshold must be a number greater than 0 and at most 1, got null"),
+    ({**NEIGHBORS, "k": 0}, "k must be between 1 and 50, got 0"),
+    ({**NEIGHBORS, "k": 51}, "k must be between 1 and 50, got 51"),
+    ({**NEIGHBORS, "k": "3"}, 'k must be an integer, got a string "3"'),
+    ({**NEIGHBORS, "k": 3.0}, "k must be an integer, got a number"),
+    ({**NEIGHBORS, "filter": {}}, "unknown field(s): filter; known: from, to, threshold, k"),
+    (
+        Raw('{"from": 0, "to": 10, "threshold": NaN}'),
+        "threshold must be greater than 0 and at most 1, got nan",
+    ),
+    (Raw("{"), "the body is not valid JSON"),
+    (Raw("from=0&to=10", "application/x-www-form-urlencoded"), "Content-Type: application/json"),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), BAD_NEIGHBORS, ids=lambda v: repr(v)[:40])
+def test_a_bad_neighbors_request_is_400_and_names_what_is_wrong(
+    existing: Existing, body: Any, words: str
+) -> None:
+    response = send(existing.client, "POST", f"/v1/models/{existing.model_id}/neighbors", body)
+    problem = assert_refused(response, 400, words)
+    assert problem["type"] == "urn:medsearch:problem:invalid-request"
+    assert_still_serving(existing)
+
+
+def test_neighbors_of_an_unknown_model_is_404_and_creates_nothing(existing: Existing) -> None:
+    fresh = new_model_id()
+    response = existing.client.post(f"/v1/models/{fresh}/neighbors", json=NEIGHBORS)
+    assert_refused(response, 404, f"no vectors were ever stored for model {fresh}")
+    assert_no_model(existing.client, fresh)
+
+
+def test_the_widest_range_of_neighbors_scans_every_vector(existing: Existing) -> None:
+    """Stored vectors 1-3, more than one chunk of query vectors (the limited app reads 2 at a time)."""
+    widest = {"from": 0, "to": 16_000, "threshold": 1e-9, "k": 50}
+    response = existing.client.post(f"/v1/models/{existing.model_id}/neighbors", json=widest)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.json is not None and response.json["vectors"] == 3
+    at_the_top = {"from": 2**63 - 2, "to": 2**63 - 1, "threshold": 1}
+    top = existing.client.post(f"/v1/models/{existing.model_id}/neighbors", json=at_the_top)
+    assert top.json == {"pairs": [], "vectors": 0}
+
+
+def test_neighbors_read_in_chunks_of_max_queries_find_the_same_pairs(
+    existing: Existing, limited: FlaskClient
+) -> None:
+    body = {"from": 0, "to": 100, "threshold": 1e-9, "k": 2}
+    whole = existing.client.post(f"/v1/models/{existing.model_id}/neighbors", json=body)
+    chunked = limited.post(f"/v1/models/{existing.model_id}/neighbors", json=body)
+    assert whole.status_code == chunked.status_code == 200, chunked.get_data(as_text=True)
+    assert whole.json == chunked.json
 
 
 # -- edge cases that once failed ----------------------------------------------------------------------------

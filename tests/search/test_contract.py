@@ -305,6 +305,44 @@ def test_a_delete_is_gone_from_the_very_next_listing_of_ids(search: FlaskClient,
         assert vector_ids(search, model_id, 0, 100) == list(range(i + 1, 9))
 
 
+def expected_neighbors(first: int, end: int, threshold: float, k: int) -> dict[tuple[int, int], float]:
+    """The reference near pairs: each row of [first, end) with its k nearest others over all ROWS
+    that score at least `threshold`, each pair once."""
+    pairs: dict[tuple[int, int], float] = {}
+    for row in ROWS:
+        if not first <= row.id < end:
+            continue
+        others = sorted(
+            ((float(other.vector @ row.vector), other.id) for other in ROWS if other.id != row.id),
+            reverse=True,
+        )
+        for score, other_id in others[:k]:
+            if score >= threshold:
+                pairs[(min(row.id, other_id), max(row.id, other_id))] = score
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("first", "end", "threshold", "k"), [(0, 200, 0.45, 5), (30, 61, 0.3, 10), (0, 200, 0.99, 10)]
+)
+def test_neighbors_are_the_reference_near_pairs(
+    loaded: tuple[FlaskClient, str], first: int, end: int, threshold: float, k: int
+) -> None:
+    client, model_id = loaded
+    body = {"from": first, "to": end, "threshold": threshold, "k": k}
+    response = client.post(f"/v1/models/{model_id}/neighbors", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    found = response.json
+    assert found is not None
+    assert found["vectors"] == sum(first <= row.id < end for row in ROWS)
+    want = expected_neighbors(first, end, threshold, k)
+    assert [(a, b) for a, b, _ in found["pairs"]] == sorted(want)  # a < b, each once, ordered
+    for a, b, score in found["pairs"]:
+        assert score == pytest.approx(want[(a, b)], abs=1e-4)
+    if threshold < 0.9:
+        assert want, "the case should find pairs"
+
+
 def test_base64_vectors_store_and_search_like_lists(search: FlaskClient, model_id: str) -> None:
     vectors = unit_vectors(8, 16, seed=31)
     encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]

@@ -42,6 +42,7 @@ MODEL = "/v1/models/{model_id}"
 VECTORS = "/v1/models/{model_id}/vectors"
 VECTOR = "/v1/models/{model_id}/vectors/{vector_id}"
 VECTOR_IDS = "/v1/models/{model_id}/vector-ids"
+NEIGHBORS = "/v1/models/{model_id}/neighbors"
 SEARCH = "/v1/models/{model_id}/search"
 
 DIM = 8
@@ -231,6 +232,11 @@ def expect_no_ids(c: Clients, body: Any) -> None:
     assert body == {"ids": []}
 
 
+def expect_every_stored_vector_scanned(c: Clients, body: Any) -> None:
+    assert body["vectors"] == len(ITEMS)
+    assert all(a < b and score >= 1e-9 for a, b, score in body["pairs"])
+
+
 def expect_self_first(c: Clients, body: Any) -> None:
     [hits] = body["results"]
     assert hits[0]["id"] == 1 and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
@@ -295,6 +301,14 @@ CASES: list[Case] = [
         expect=expect_no_ids,
     ),
     Case(
+        "neighbors of a range",
+        NEIGHBORS,
+        "post",
+        200,
+        lambda c: c.search.post(at(NEIGHBORS, c.model_id), json={"from": 0, "to": 10, "threshold": 1e-9}),
+        expect=expect_every_stored_vector_scanned,
+    ),
+    Case(
         "search",
         SEARCH,
         "post",
@@ -354,6 +368,15 @@ CASES: list[Case] = [
         "to (5) must be greater than from (5)",
     ),
     Case(
+        "neighbors at threshold 0",
+        NEIGHBORS,
+        "post",
+        400,
+        lambda c: c.search.post(at(NEIGHBORS, c.model_id), json={"from": 0, "to": 10, "threshold": 0}),
+        "invalid-request",
+        "threshold must be greater than 0 and at most 1, got 0",
+    ),
+    Case(
         "search with k 0",
         SEARCH,
         "post",
@@ -389,6 +412,15 @@ CASES: list[Case] = [
         lambda c: c.search.get(at(VECTOR, c.model_id, 999)),
         "vector-not-found",
         "no vector with id 999",
+    ),
+    Case(
+        "neighbors of an unknown model",
+        NEIGHBORS,
+        "post",
+        404,
+        lambda c: c.search.post(at(NEIGHBORS, new_model_id()), json={"from": 0, "to": 10, "threshold": 0.5}),
+        "model-not-found",
+        "no vectors were ever stored",
     ),
     Case(
         "search of an unknown model",
@@ -498,6 +530,14 @@ CASES: list[Case] = [
         "about:blank",
     ),
     Case(
+        "unplanned failure: neighbors",
+        NEIGHBORS,
+        "post",
+        500,
+        lambda c: c.broken.post(at(NEIGHBORS, c.model_id), json={"from": 0, "to": 10, "threshold": 0.5}),
+        "about:blank",
+    ),
+    Case(
         "unplanned failure: search",
         SEARCH,
         "post",
@@ -560,6 +600,15 @@ CASES: list[Case] = [
         "get",
         503,
         lambda c: c.down.get(at(VECTOR_IDS, c.model_id), query_string={"from": 0, "to": 10}),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: neighbors",
+        NEIGHBORS,
+        "post",
+        503,
+        lambda c: c.down.post(at(NEIGHBORS, c.model_id), json={"from": 0, "to": 10, "threshold": 0.5}),
         "milvus-unavailable",
         "Milvus",
     ),

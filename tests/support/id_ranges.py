@@ -1,6 +1,7 @@
 """Bad ranges of image IDs, and words each refusal's detail holds: the one corpus that the search
-service's `vector-ids`, the catalog's `index-states` and the gateway's `verify` are held to, since
-all three check a range with libs/common's validation contract."""
+service's `vector-ids` and `neighbors`, the catalog's `index-states` and the gateway's `verify` and
+`duplicates` are held to, since all of them check a range with libs/common's validation contract;
+and the bad similarity thresholds of a near-duplicate scan (`neighbors`, `duplicates`)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,25 @@ BAD_JSON_RANGES: list[tuple[Any, str]] = [
     ({"from": 0, "to": 5, "fix": True}, "unknown field(s): fix"),
     ([0, 5], "a JSON object"),
 ]
+
+# A near-duplicate threshold as JSON: (value, words of the detail). Each names `threshold`.
+BAD_THRESHOLDS: list[tuple[Any, str]] = [
+    (0, "threshold must be greater than 0 and at most 1, got 0"),
+    (0.0, "threshold must be greater than 0 and at most 1, got 0.0"),
+    (-0.5, "threshold must be greater than 0 and at most 1, got -0.5"),
+    (1.5, "threshold must be greater than 0 and at most 1, got 1.5"),
+    ("x", 'threshold must be a number greater than 0 and at most 1, got a string "x"'),
+    ("0.9", 'threshold must be a number greater than 0 and at most 1, got a string "0.9"'),
+    (True, "threshold must be a number greater than 0 and at most 1, got a boolean"),
+    ([0.9], "threshold must be a number greater than 0 and at most 1, got a list"),
+]
+
+
+def range_rows_for(fields: set[str]) -> list[tuple[Any, str]]:
+    """BAD_JSON_RANGES for an endpoint whose body holds `fields` beside from and to: the rows
+    about another endpoint's own fields (verify's `repair`) left out."""
+    return [
+        (body, words)
+        for body, words in BAD_JSON_RANGES
+        if not isinstance(body, dict) or set(body) <= {"from", "to", "fix"} | fields
+    ]

@@ -102,6 +102,25 @@ class Verification(TypedDict):
     max_image_id: int | None  # the highest image ID the catalog has given: where a walk ends
 
 
+class DuplicatePair(TypedDict):
+    a: int  # the lower image ID
+    b: int
+    score: float  # cosine similarity
+    kind: str  # same_patient, different_patients or unknown_patient
+
+
+class Duplicates(TypedDict):
+    """The near-duplicate pairs the gateway found for a range of image IDs."""
+
+    model_id: str
+    threshold: float
+    k: int
+    pairs: list[DuplicatePair]
+    images: list[Image]  # every image of a pair
+    vectors: int  # the indexed images of the range
+    max_image_id: int | None  # the highest image ID the catalog has given: where a walk ends
+
+
 Role = Literal["reader", "editor", "admin"]
 ROLES: tuple[Role, ...] = ("reader", "editor", "admin")  # weakest first
 
@@ -486,6 +505,18 @@ class GatewayClient:
         without a vector are marked pending and vectors without an image deleted."""
         body = {"from": first, "to": end, "repair": repair}
         return cast(Verification, _json(self._request("POST", "/api/v1/verify", json=body)))
+
+    def duplicates(
+        self, first: int, end: int, *, threshold: float | None = None, k: int | None = None
+    ) -> Duplicates:
+        """The pairs of images at or above `threshold` (default: the gateway's measured one)
+        among the image IDs [first, end) (at most 16,000) and their `k` nearest (default 10)."""
+        body: dict[str, Any] = {"from": first, "to": end}
+        if threshold is not None:
+            body["threshold"] = threshold
+        if k is not None:
+            body["k"] = k
+        return cast(Duplicates, _json(self._request("POST", "/api/v1/duplicates", json=body)))
 
     # -- API tokens and the audit trail (admin) -----------------------------------------
 

@@ -117,6 +117,16 @@ def id_range_in_query(
     return id_range(*bounds, error=error)
 
 
+def similarity(value: Any, where: str, *, error: type[Invalid] = Invalid) -> float:
+    """A cosine similarity threshold as JSON: a number greater than 0 and at most 1 (1: the
+    same direction). 0 and below would call every image a near-duplicate of every other."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise error(f"{where} must be a number greater than 0 and at most 1, got {json_type(value)}")
+    if not 0 < value <= 1:  # NaN fails this too
+        raise error(f"{where} must be greater than 0 and at most 1, got {value}")
+    return float(value)
+
+
 def flag(raw: str | None, name: str, *, error: type[Invalid] = Invalid) -> bool:
     """A query or form flag: true/false, 1/0, on/off (any case); absent or empty is false."""
     if raw is None or not raw.strip():

@@ -36,6 +36,7 @@ REQUIRED_ROLE: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/previews"): "reader",  # renders the reader's own upload, stores nothing
     ("POST", "/api/v1/similarity-maps"): "reader",
     ("POST", "/api/v1/searches"): "reader",
+    ("POST", "/api/v1/duplicates"): "reader",  # IDs and metadata a reader may browse; writes nothing
     ("POST", "/api/v1/images"): "editor",
     ("POST", "/api/v1/images/batch"): "editor",
     ("DELETE", "/api/v1/images/{image_id}"): "editor",

@@ -223,13 +223,19 @@ def preview() -> Response:
 
 @blueprint.get("/stats")
 def stats() -> Response:
-    found = _gateway().stats()
-    return jsonify(
-        model=found.model.description if found.model else None,
-        images=found.images,
-        datasets=found.datasets,
-        index=found.index,
-    )
+    refuse_unknown_params({"breakdown"})
+    breakdown = parse_flag("breakdown", request.args.get("breakdown"))
+    found = _gateway().stats(breakdown=breakdown)
+    answer: dict[str, Any] = {
+        "model": found.model.description if found.model else None,
+        "images": found.images,
+        "datasets": found.datasets,
+        "index": found.index,
+    }
+    if breakdown:  # the collection's statistics page
+        answer["models"] = found.models
+        answer["breakdown"] = found.breakdown
+    return jsonify(answer)
 
 
 @blueprint.get("/openapi.json")

@@ -8,7 +8,7 @@ from importlib import resources
 from flask import Blueprint, Flask, Response
 
 from medsearch_common.httpapp import create_service_app, metrics_registry
-from medsearch_gateway import account_api, explore_api
+from medsearch_gateway import account_api, collection_api, explore_api
 from medsearch_gateway.accounts import AccountsClient
 from medsearch_gateway.api import EXPLORER_EXTENSION, GATEWAY_EXTENSION, blueprint
 from medsearch_gateway.auditing import AuditRecorder
@@ -86,6 +86,7 @@ def create_app(settings: GatewaySettings, services: Services | None = None) -> F
     app.register_blueprint(blueprint)
     app.register_blueprint(account_api.blueprint)
     app.register_blueprint(explore_api.blueprint)
+    app.register_blueprint(collection_api.blueprint)
     app.register_blueprint(ui)
 
     @app.after_request

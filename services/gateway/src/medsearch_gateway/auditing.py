@@ -41,6 +41,7 @@ AUDITED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/similarity-maps"): "view_image",  # the result IDs whose maps were shown
     ("GET", "/api/v1/images"): "browse",
     ("GET", "/api/v1/pending"): "browse",
+    ("POST", "/api/v1/duplicates"): "browse",  # the images of the pairs; its detail says duplicates
     ("POST", "/api/v1/images"): "add_image",
     ("POST", "/api/v1/images/batch"): "add_image",
     ("DELETE", "/api/v1/images/{image_id}"): "delete_image",

@@ -167,6 +167,7 @@ class CatalogCounts:
     images: int
     datasets: dict[str, int]
     models: dict[str, dict[str, int]]  # model ID -> counts per index state
+    breakdown: dict[str, dict[str, int]] | None = None  # by finding, age band, sex, view (when asked)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,14 @@ class Region:
 
     def to_json(self) -> list[int]:
         return [self.left, self.top, self.right, self.bottom]
+
+
+@dataclass(frozen=True)
+class NearPairs:
+    """What the search service found for a range: (a, b, score) with a < b, and the vectors scanned."""
+
+    pairs: list[tuple[int, int, float]]
+    vectors: int
 
 
 @dataclass(frozen=True)
@@ -384,6 +393,22 @@ class SearchClient:
         body = self.client.get_json(f"/v1/models/{model_id}/vector-ids", params={"from": first, "to": end})
         return set(body["ids"])
 
+    def neighbors(self, model_id: str, first: int, end: int, *, threshold: float, k: int) -> NearPairs:
+        """Each vector of [first, end) paired with its `k` nearest others at or above `threshold`
+        (none when nothing was ever indexed for the model)."""
+        body = {"from": first, "to": end, "threshold": threshold, "k": k}
+        try:
+            # It only reads: safe to send again.
+            response = self.client.request(
+                "POST", f"/v1/models/{model_id}/neighbors", json=body, idempotent=True
+            )
+        except UpstreamRejected as exc:
+            if exc.status == 404:  # no collection yet for this model: nothing indexed
+                return NearPairs([], 0)
+            raise
+        found = response.json()
+        return NearPairs([(int(a), int(b), float(score)) for a, b, score in found["pairs"]], found["vectors"])
+
 
 class CatalogClient:
     def __init__(self, client: ServiceClient) -> None:
@@ -468,9 +493,12 @@ class CatalogClient:
     def delete(self, image_id: int) -> None:
         self.client.request("DELETE", f"/v1/images/{image_id}")
 
-    def counts(self, model_id: str | None) -> CatalogCounts:
-        body = self.client.get_json("/v1/stats", params={"model_id": model_id} if model_id else None)
-        return CatalogCounts(body["images"], body["datasets"], body["models"])
+    def counts(self, model_id: str | None, *, breakdown: bool = False) -> CatalogCounts:
+        params = {"model_id": model_id} if model_id else {}
+        if breakdown:
+            params["breakdown"] = "true"
+        body = self.client.get_json("/v1/stats", params=params)
+        return CatalogCounts(body["images"], body["datasets"], body["models"], body.get("breakdown"))
 
     def index_states(self, model_id: str, first: int, end: int) -> tuple[dict[int, str], int | None]:
         """Each image's state for the model in [first, end) (pending when it has none), and the

@@ -58,7 +58,10 @@ class Steering:
         if has_upload and self.query_id is not None:
             raise InvalidRequest("send either an image or a query_id, not both")
         if not has_upload and self.query_id is None and not self.positive:
-            raise InvalidRequest("send an image, a query_id, or at least one positive image ID")
+            raise InvalidRequest(
+                "send an image (one file in the multipart field 'image'), a query_id,"
+                " or at least one positive image ID"
+            )
         if self.region is not None and not has_upload and self.query_id is None:
             raise InvalidRequest("a region is of the query image: send an image or a query_id with it")
         both = sorted(set(self.positive) & set(self.negative))

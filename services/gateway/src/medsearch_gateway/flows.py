@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from medsearch_common.client import DEFAULT_RETRY_AFTER_S, UpstreamError, UpstreamRejected
-from medsearch_gateway import consistency
+from medsearch_gateway import consistency, duplicates
 from medsearch_gateway.clients import (
     ActiveModel,
     ImageRecord,
@@ -24,6 +24,7 @@ from medsearch_gateway.clients import (
     Upload,
 )
 from medsearch_gateway.consistency import Verification
+from medsearch_gateway.duplicates import Duplicates
 from medsearch_gateway.errors import (
     IngestIncomplete,
     InvalidRequest,
@@ -57,6 +58,8 @@ class Stats:
     images: int
     datasets: dict[str, int]
     index: dict[str, int] | None  # the active model's counts per state
+    models: dict[str, dict[str, int]]  # every model's counts per state
+    breakdown: dict[str, dict[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -332,22 +335,31 @@ class Gateway:
             self.search_service.delete(model_id, image_id)
         self.catalog.delete(image_id)
 
-    def stats(self) -> Stats:
-        """Counts from the catalog for the active model; the model is None when the embedder
-        cannot say (the catalog's counts still help)."""
+    def stats(self, *, breakdown: bool = False) -> Stats:
+        """Counts from the catalog for the active model (and, with `breakdown`, the collection's
+        counts by finding, age band, sex and view position); the model is None when the
+        embedder cannot say (the catalog's counts still help)."""
         try:
             model: ActiveModel | None = self.embedder.model(fresh=True)
         except UpstreamError:
             model = None
-        counts = self.catalog.counts(model.model_id if model else None)
+        counts = self.catalog.counts(model.model_id if model else None, breakdown=breakdown)
         index = counts.models.get(model.model_id) if model else None
-        return Stats(model, counts.images, counts.datasets, index)
+        return Stats(model, counts.images, counts.datasets, index, counts.models, counts.breakdown)
 
     def verify(self, first: int, end: int, *, repair: bool) -> Verification:
         """Whether the catalog and the search service agree on the active model's index for
         the image IDs [first, end); the drift repaired when asked (see consistency.py)."""
         model_id = self.embedder.model().model_id
         return consistency.verify(self.search_service, self.catalog, model_id, first, end, repair=repair)
+
+    def duplicates(self, first: int, end: int, *, threshold: float, k: int) -> Duplicates:
+        """The near-duplicate pairs of the image IDs [first, end) in the active model's index
+        (see duplicates.py)."""
+        model_id = self.embedder.model().model_id
+        return duplicates.find(
+            self.search_service, self.catalog, model_id, first, end, threshold=threshold, k=k
+        )
 
     def readiness(self) -> dict[str, str | None]:
         return self.services.readiness()

@@ -59,6 +59,13 @@ def list_vector_ids(model_id: str) -> Response:
     return jsonify(ids=_service().vector_ids(model_id, first, end))
 
 
+@blueprint.post("/models/<model_id>/neighbors")
+def neighbors(model_id: str) -> Response:
+    """The near pairs of a range of IDs: what the gateway's `duplicates` asks, range after range."""
+    found = _service().neighbors(model_id, _json_body())
+    return jsonify(pairs=[[a, b, score] for a, b, score in found.pairs], vectors=found.vectors)
+
+
 @blueprint.post("/models/<model_id>/search")
 def search(model_id: str) -> Response:
     results = _service().search(model_id, _json_body())

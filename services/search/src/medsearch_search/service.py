@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from medsearch_common import validation
 from medsearch_common.vectors import BadPackedVector, unpack_vector
 from medsearch_search.errors import (
     BatchTooLarge,
@@ -27,11 +28,21 @@ from medsearch_search.store import MODEL_ID, Collection, CollectionGone, Hit, Mi
 T = TypeVar("T")
 
 MAX_K = 100
+MAX_NEIGHBORS = 50  # per stored vector in a near-duplicate scan
+DEFAULT_NEIGHBORS = 10
 CONSISTENCY_LEVELS = ("session", "strong", "bounded")
 MAX_DIM = 32_768  # Milvus's own limit on a float vector
 _MAX_BASE64 = (MAX_DIM * 4 + 2) // 3 * 4
 _MAX_ID = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also takes superscripts and other scripts
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """The near pairs of a range of IDs: (a, b, score) with a < b, each pair once, by a then b."""
+
+    pairs: list[tuple[int, int, float]]
+    vectors: int  # the stored vectors in the range that were scanned
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,34 @@ class SearchService:
         return self._on_collection(
             model_id, lambda c: self.store.ids_between(c, first, end), missing=lambda: []
         )
+
+    def neighbors(self, model_id: str, body: Any) -> Neighbors:
+        """For each stored vector whose ID is in [from, to): its `k` nearest others over the whole
+        collection with a score of at least `threshold`, as pairs. The range's vectors are read
+        and searched `max_queries` at a time, so that memory stays bounded whatever the range."""
+        check_model_id(model_id)
+        first, end, threshold, k = parse_neighbors(body)
+
+        def scan(collection: Collection) -> Neighbors:
+            ids = self.store.ids_between(collection, first, end)
+            best: dict[tuple[int, int], float] = {}
+            for start in range(0, len(ids), self.settings.max_queries):
+                read_ids, vectors = self.store.vectors(
+                    collection, ids[start : start + self.settings.max_queries]
+                )
+                if not read_ids:
+                    continue  # deleted since they were listed
+                # k + 1: each vector finds itself too, left out below.
+                found = self.store.search(collection, vectors, k + 1, SearchFilter(), one_per_patient=False)
+                for a, hits in zip(read_ids, found, strict=True):
+                    for hit in [hit for hit in hits if hit.id != a][:k]:
+                        if hit.score < threshold:
+                            break  # best first: the rest score lower
+                        pair = (min(a, hit.id), max(a, hit.id))
+                        best[pair] = max(best.get(pair, hit.score), hit.score)
+            return Neighbors(sorted((a, b, score) for (a, b), score in best.items()), len(ids))
+
+        return self._on_collection(model_id, scan, missing=lambda: _no_model(model_id))
 
     def delete(self, model_id: str, vector_id: int) -> None:
         """Idempotent: deleting what is not there is no error."""
@@ -223,6 +262,20 @@ def parse_vector_id(raw: str) -> int:
     if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= _MAX_ID:
         raise InvalidRequest(f"a vector id is a positive integer (the catalog's image id), got {raw[:40]!r}")
     return int(raw)
+
+
+def parse_neighbors(body: Any) -> tuple[int, int, float, int]:
+    """A near-duplicate scan's JSON: the range [from, to) of IDs, the threshold, and k."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object with from, to, threshold and k")
+    known = ("from", "to", "threshold", "k")
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)[:200]}; known: {', '.join(known)}")
+    first, end = validation.id_range(body.get("from"), body.get("to"), error=InvalidRequest)
+    threshold = validation.similarity(body.get("threshold"), "threshold", error=InvalidRequest)
+    k = validation.integer(body.get("k", DEFAULT_NEIGHBORS), "k", 1, MAX_NEIGHBORS, error=InvalidRequest)
+    return first, end, threshold, k
 
 
 def parse_vectors(raw: Sequence[Any], where: str, dim: int | None) -> NDArray[np.float32]:

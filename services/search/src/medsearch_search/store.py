@@ -292,6 +292,26 @@ class MilvusStore:
         )
         return sorted(int(row["id"]) for row in rows)
 
+    def vectors(self, collection: Collection, ids: Sequence[int]) -> tuple[list[int], NDArray[np.float32]]:
+        """The stored vectors of these IDs (those still there), one Milvus query, as rows of a matrix."""
+        # Session, as a search: a strong read would wait for a time tick (up to 200 ms) each time.
+        level = self._level(collection, "session")
+        rows = self._call(
+            "read vectors",
+            lambda c: c.get(
+                collection.name,
+                ids=list(ids),
+                output_fields=["vector"],
+                timeout=self._timeout,
+                consistency_level=level,
+            ),
+            collection,
+        )
+        vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32).reshape(
+            len(rows), collection.dim
+        )
+        return [int(row["id"]) for row in rows], vectors
+
     def delete(self, collection: Collection, vector_id: int) -> None:
         with self._write_guard():
             self._call(

@@ -1,9 +1,10 @@
 // MedSearch browser UI: search by example image (an upload, several at once, a stored image, a
-// region of one, steered by marked results), browse an image, add and delete images, read the
-// audit trail (no framework). This module holds the routing, the search and image views and
-// their flows; the rest lives beside it: http.js (the gateway), dom.js (safe DOM), messages.js
-// (status and errors), searching.js (a search and its address), results.js (result lists),
-// maps.js, region.js, refine.js, compare.js, export.js, and the add.js and audit.js views.
+// region of one, steered by marked results), browse an image, add and delete images, the
+// collection's statistics and its near-duplicates, read the audit trail (no framework). This
+// module holds the routing, the search and image views and their flows; the rest lives beside
+// it: http.js (the gateway), dom.js (safe DOM), messages.js (status and errors), searching.js
+// (a search and its address), results.js (result lists), maps.js, region.js, refine.js,
+// compare.js, export.js, charts.js, and the add.js, audit.js, stats.js and duplicates.js views.
 //
 // Security: every string from the API or from a file name is untrusted and goes into the page
 // as text, never as markup (see dom.js). The session lives in an HttpOnly cookie; every change
@@ -17,6 +18,8 @@ import { RegionSelector, regionBar } from "./region.js";
 import { initCompare } from "./compare.js";
 import { initAudit, loadAudit } from "./audit.js";
 import { initAdd } from "./add.js";
+import { initCollection, loadCollection } from "./stats.js";
+import { initDuplicates, openDuplicates } from "./duplicates.js";
 import { clearQueryTarget, imageHash, initResults, newList, renderLists, replaceList } from "./results.js";
 import {
   fillSearchForm,
@@ -30,9 +33,14 @@ import {
 const INDEX_STATES = ["indexed", "pending", "failed"];
 const SEX_NAMES = { M: "male", F: "female", O: "other" };
 const ROLES = ["reader", "editor", "admin"]; // weakest first, as the gateway orders them
-// Views that need more than reading; the gateway refuses their requests anyway.
-const VIEW_ROLES = { add: "editor", audit: "admin" };
-const VIEW_NAMES = { add: "Adding images", audit: "The audit trail" };
+// Views that need a role (at least a signed-in reader); the gateway refuses their requests anyway.
+const VIEW_ROLES = { add: "editor", audit: "admin", collection: "reader", duplicates: "reader" };
+const VIEW_NAMES = {
+  add: "Adding images",
+  audit: "The audit trail",
+  collection: "The collection's statistics",
+  duplicates: "The near-duplicates review",
+};
 // A batch of query images: one search each, this many at once, at most this many images.
 const BATCH_AT_ONCE = 4;
 const MAX_BATCH = 20;
@@ -48,12 +56,21 @@ const ui = {
   modelWarning: byId("model-warning"),
   modelWarningText: byId("model-warning-text"),
   navLinks: document.querySelectorAll(".site-nav a[data-view]"),
-  views: { search: byId("view-search"), image: byId("view-image"), add: byId("view-add"), audit: byId("view-audit") },
+  views: {
+    search: byId("view-search"),
+    image: byId("view-image"),
+    add: byId("view-add"),
+    audit: byId("view-audit"),
+    collection: byId("view-collection"),
+    duplicates: byId("view-duplicates"),
+  },
   viewTitles: {
     search: byId("search-title"),
     image: byId("image-title"),
     add: byId("add-title"),
     audit: byId("audit-title"),
+    collection: byId("collection-title"),
+    duplicates: byId("duplicates-title"),
   },
   searchForm: byId("search-form"),
   queryFile: byId("query-file"),
@@ -199,7 +216,8 @@ function showModel(model) {
   ui.modelWarningText.textContent = model.warning || "This model's results are not medically meaningful.";
 }
 
-// ---- routing: #/ search, #/image/<id>, #/add, #/audit; a search's parameters after "?" ----
+// ---- routing: #/ search, #/image/<id>, #/add, #/audit, #/collection, #/duplicates; a
+// search's parameters after "?" ----
 
 function parseHash(hash) {
   const at = hash.indexOf("?");
@@ -209,6 +227,8 @@ function parseHash(hash) {
   if (image) return { view: "image", id: Number(image[1]), params };
   if (path === "#/add") return { view: "add", params };
   if (path === "#/audit") return { view: "audit", params };
+  if (path === "#/collection") return { view: "collection", params };
+  if (path === "#/duplicates") return { view: "duplicates", params };
   return { view: "search", params };
 }
 
@@ -256,6 +276,12 @@ function route() {
   } else if (target.view === "audit") {
     ui.resultsSection.hidden = true;
     loadAudit(() => isCurrent("audit"));
+  } else if (target.view === "collection") {
+    ui.resultsSection.hidden = true;
+    loadCollection(() => isCurrent("collection"));
+  } else if (target.view === "duplicates") {
+    ui.resultsSection.hidden = true;
+    openDuplicates();
   } else if (target.view === "search") {
     openSearchView(target.params);
   } else {
@@ -835,6 +861,8 @@ async function start() {
   ui.deleteConfirmButton.addEventListener("click", deleteImage);
   initAudit(() => isCurrent("audit"));
   initAdd({ imageHash, added: loadStats });
+  initCollection(() => isCurrent("collection"));
+  initDuplicates(() => isCurrent("duplicates"));
   // A page kept by the back/forward cache may outlive its session: ask again.
   window.addEventListener("pageshow", (event) => {
     if (event.persisted) loadSession();

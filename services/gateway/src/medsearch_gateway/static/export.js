@@ -1,5 +1,6 @@
-// Exporting a result list as CSV or JSON, made in the browser: IDs, ranks, scores and the
-// catalog's metadata; never image bytes, never the uploaded file.
+// Exporting a result list (or, through download() and csvText(), another view's table) as CSV
+// or JSON, made in the browser: IDs, ranks, scores and the catalog's metadata; never image
+// bytes, never the uploaded file.
 
 import { el } from "./dom.js";
 
@@ -9,11 +10,17 @@ const FORMULA_START = /^[=+\-@\t\r]/;
 
 /** Starts the download of `list` as "csv" or "json". */
 export function exportList(list, format) {
+  download("medsearch-results", format, format === "csv" ? toCsv(list) : toJson(list));
+}
+
+/** Starts the download of `content` (CSV text, or a value written as JSON) as
+ * "<prefix>-<time>.<format>". */
+export function download(prefix, format, content) {
   const stamp = new Date().toISOString().replace(/[:.]/g, "-");
-  const name = `medsearch-results-${stamp}.${format}`;
+  const name = `${prefix}-${stamp}.${format}`;
   const blob = format === "csv"
-    ? new Blob([toCsv(list)], { type: "text/csv;charset=utf-8" })
-    : new Blob([JSON.stringify(toJson(list), null, 2)], { type: "application/json" });
+    ? new Blob([content], { type: "text/csv;charset=utf-8" })
+    : new Blob([JSON.stringify(content, null, 2)], { type: "application/json" });
   const url = URL.createObjectURL(blob);
   const link = el("a", { href: url, download: name, hidden: true });
   document.body.append(link);
@@ -53,10 +60,16 @@ export function toCsv(list) {
     const meta = image.metadata || {};
     return [image.id, rank, score, ...METADATA_COLUMNS.map((key) => metadataCell(meta[key]))];
   });
-  return [header, ...rows].map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
+  return csvText([header, ...rows]);
 }
 
-function metadataCell(value) {
+/** Rows of cells as CSV, each cell guarded (see csvCell). */
+export function csvText(rows) {
+  return rows.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
+}
+
+/** A metadata value as one cell's text: a list joined with "; ", an object as JSON. */
+export function metadataCell(value) {
   if (value === null || value === undefined) return "";
   if (Array.isArray(value)) return value.join("; ");
   if (typeof value === "object") return JSON.stringify(value);
