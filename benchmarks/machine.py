@@ -133,10 +133,9 @@ def says_ready(response: requests.Response) -> bool:
         return False
 
 
-def cpu_by_process() -> dict[str, float]:
-    """CPU seconds so far of every process on the machine, summed by program ("cpu:<name>")."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    totals: dict[str, float] = {}
+def _processes() -> dict[int, tuple[list[str], list[bytes]]]:
+    """Every process on the machine: its /proc stat fields after the command name, and argv."""
+    found: dict[int, tuple[list[str], list[bytes]]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -145,8 +144,17 @@ def cpu_by_process() -> dict[str, float]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        name = program(argv)
-        totals[f"cpu:{name}"] = totals.get(f"cpu:{name}", 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        found[int(entry.name)] = (fields, argv)
+    return found
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of every process on the machine, summed by program ("cpu:<name>")."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for fields, argv in _processes().values():
+        name = f"cpu:{program(argv)}"
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return totals
 
 
@@ -155,16 +163,9 @@ def stack_processes(session: int, folder: Path) -> dict[int, str]:
     the PID of the stack started with `start_stack`), those whose command line names its
     `folder` (embedded PostgreSQL leaves the session), and every descendant of either. Other
     stacks on the machine (a test run's) stay out of its figures."""
-    table: dict[int, tuple[int, int, list[bytes]]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        table[int(entry.name)] = (int(fields[1]), int(fields[3]), argv)  # ppid, session, argv
+    table = {  # pid -> ppid, session, argv
+        pid: (int(fields[1]), int(fields[3]), argv) for pid, (fields, argv) in _processes().items()
+    }
     marker = str(folder).encode()
     members = {
         pid for pid, (_, sid, argv) in table.items() if sid == session or any(marker in part for part in argv)

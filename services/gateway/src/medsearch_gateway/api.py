@@ -281,7 +281,7 @@ def _parse_k(raw: str | None) -> int:
 def _parse_filter(raw: str | None) -> dict[str, Any]:
     if raw is None or raw.strip() == "":
         return {}
-    value = _json("filter", raw)
+    value = parse_json("filter", raw)
     if not isinstance(value, dict):
         raise InvalidRequest('filter must be a JSON object, e.g. {"sex": ["F"]}')
     return value  # the search service checks every field and value, and says what is wrong
@@ -300,7 +300,7 @@ def parse_verify(raw: str) -> tuple[int, int, bool]:
     """A verify request's JSON: the range [from, to) of image IDs, and whether to repair (default: no)."""
     if not raw.strip():
         raise InvalidRequest('send a JSON body: {"from": FIRST, "to": END, "repair": true}')
-    body = _json("the body", raw)
+    body = parse_json("the body", raw)
     if not isinstance(body, dict):
         raise InvalidRequest('the body must be a JSON object: {"from": FIRST, "to": END, "repair": true}')
     unknown = sorted(set(body) - {"from", "to", "repair"})
@@ -367,7 +367,7 @@ def parse_id(raw: str, what: str) -> int:
     return int(raw)
 
 
-def _json(name: str, raw: str) -> Any:
+def parse_json(name: str, raw: str) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
@@ -412,7 +412,7 @@ def _metadata_list(count: int) -> list[Any]:
     raw = request.form.get("metadata")
     if raw is None:
         raise InvalidRequest("the form field 'metadata' (a JSON array with one object per image) is required")
-    metadata = _json("metadata", raw)
+    metadata = parse_json("metadata", raw)
     if not isinstance(metadata, list) or len(metadata) != count:
         raise InvalidRequest(f"metadata must be a JSON array with one object per image ({count})")
     return metadata

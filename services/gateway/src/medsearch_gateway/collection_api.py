@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from medsearch_common import validation
-from medsearch_gateway.api import GATEWAY_EXTENSION, image_json
+from medsearch_gateway.api import GATEWAY_EXTENSION, image_json, parse_json
 from medsearch_gateway.duplicates import DEFAULT_K, DEFAULT_THRESHOLD, MAX_K, Duplicates
 from medsearch_gateway.errors import InvalidRequest
 from medsearch_gateway.flows import Gateway
@@ -36,10 +35,7 @@ def parse_duplicates(raw: str) -> tuple[int, int, float, int]:
     the measured one) and how many neighbours of each image to look at (default 10)."""
     if not raw.strip():
         raise InvalidRequest(f"send a JSON body: {_EXAMPLE}")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("the body is not valid JSON") from None
+    body = parse_json("the body", raw)
     if not isinstance(body, dict):
         raise InvalidRequest(f"the body must be a JSON object: {_EXAMPLE}")
     known = ("from", "to", "threshold", "k")

@@ -16,20 +16,17 @@ blueprint = Blueprint("explore", __name__, url_prefix="/api/v1")
 def similarity_maps() -> Response:
     upload = optional_upload()
     raw_query_id = request.form.get("query_id", "").strip()
+    query_id = parse_id(raw_query_id, "query_id") if raw_query_id else None
+    region = parse_region(request.form.get("region"))
     result_ids = _result_ids()
     answer = explorer().similarity_maps(
-        upload,
-        parse_id(raw_query_id, "query_id") if raw_query_id else None,
-        parse_region(request.form.get("region")),
-        result_ids,
-        request.form.get("model_id") or None,
+        upload, query_id, region, result_ids, request.form.get("model_id") or None
     )
     note().result_ids = result_ids
-    region = parse_region(request.form.get("region"))
     return jsonify(
         model_id=answer.model_id,
         query={
-            "image_id": int(raw_query_id) if raw_query_id else None,
+            "image_id": query_id,
             "region": region.to_json() if region else None,
             "extent": answer.query_extent,
         },

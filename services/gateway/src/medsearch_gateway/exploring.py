@@ -164,7 +164,7 @@ class Explorer:
             raise ModelMismatch(
                 f"the maps were asked for model {model_id[:80]!r}; the active model is {active.model_id}"
             )
-        query = upload or self._stored_upload(query_id)  # type: ignore[arg-type]
+        query = upload if upload is not None else self._stored_upload(query_id)
         fetched = list(self._fetcher.map(self._stored_or_missing, result_ids))
         found = [
             (image_id, item) for image_id, item in zip(result_ids, fetched, strict=True) if item is not None
@@ -221,7 +221,8 @@ class Explorer:
             examples.append((_unpacked(vector), sign))
         return examples
 
-    def _stored_upload(self, image_id: int) -> Upload:
+    def _stored_upload(self, image_id: int | None) -> Upload:
+        assert image_id is not None  # the caller checked for an upload or a query ID
         stored = self._stored_or_missing(image_id)
         if stored is None:
             raise ImageNotFound(f"image {image_id} does not exist")
