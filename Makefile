@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGE_FILES := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query bench-quality bench-soak bench-explore bench-duplicates
+.PHONY: install run test lint format clean bench-embedder bench-search bench-ingest bench-query bench-quality bench-soak bench-explore bench-duplicates bench-map
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ bench-soak: install
 
 bench-explore: install
 	$(BIN)/python benchmarks/bench_explore.py
+
+# The collection map at 112,120 images, beside PCA + UMAP in memory and UMAP without PCA.
+bench-map: install
+	$(BIN)/python benchmarks/bench_map.py
 
 # The near-duplicate threshold for the served weights, and a scan's cost at 112,120 images.
 bench-duplicates: install

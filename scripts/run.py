@@ -59,6 +59,8 @@ def main() -> int:
     env.setdefault("MEDSEARCH_EMBEDDER_CACHE_DIR", str(data / "embedder"))
     # The catalog's pseudonym key (DICOM patient IDs) lives with the rest of the data.
     env.setdefault("MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE", str(data / "catalog" / "pseudonym.key"))
+    # The search service's collection maps, too.
+    env.setdefault("MEDSEARCH_SEARCH_MAP_DIR", str(data / "search-maps"))
     postgres = None
     milvus = None
     try:

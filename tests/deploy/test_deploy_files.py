@@ -30,6 +30,8 @@ from tests.conftest import REPO_ROOT
 
 BIN = Path(sys.executable).parent
 SERVICES = {"gateway": 8080, "embedder": 8081, "search": 8082, "catalog": 8083}
+# Kubernetes adds the search service's one map replica (search-maps.yaml).
+K8S_SERVICES = {**SERVICES, "search-maps": 8082}
 COMPOSE = "compose.yaml"
 COMPOSE_GPU = "compose.gpu.yaml"
 DOCKERFILES = sorted(
@@ -191,20 +193,21 @@ def test_kustomization_renders_objects_valid_for_kubernetes(kustomization: str, 
         "Service",
         "HorizontalPodAutoscaler",
         "NetworkPolicy",
+        "PersistentVolumeClaim",  # the collection maps' folder
     }
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_every_deployment_has_probes_resources_and_a_non_root_user(kustomization: str) -> None:
     deployments = objects(kustomization, "Deployment")
-    assert set(deployments) == set(SERVICES)
+    assert set(deployments) == set(K8S_SERVICES)
     for name, deployment in deployments.items():
         spec = pod_spec(deployment)
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         (container,) = spec["containers"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
-        assert container["ports"] == [{"name": "http", "containerPort": SERVICES[name]}], name
+        assert container["ports"] == [{"name": "http", "containerPort": K8S_SERVICES[name]}], name
         for bound in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name} {bound}"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
@@ -214,11 +217,11 @@ def test_every_deployment_has_probes_resources_and_a_non_root_user(kustomization
 
 def test_each_service_has_a_cluster_ip_service_on_its_port() -> None:
     services = objects("deploy/k8s/base", "Service")
-    assert set(services) == set(SERVICES)
+    assert set(services) == set(K8S_SERVICES)
     for name, service in services.items():
         assert service["spec"]["type"] == "ClusterIP"
         assert service["spec"]["selector"] == {"app.kubernetes.io/name": name}
-        assert [port["port"] for port in service["spec"]["ports"]] == [SERVICES[name]]
+        assert [port["port"] for port in service["spec"]["ports"]] == [K8S_SERVICES[name]]
     config = objects("deploy/k8s/base", "ConfigMap")["medsearch-config"]["data"]
     for name in ("embedder", "search", "catalog"):
         assert config[f"MEDSEARCH_{name.upper()}_URL"] == f"http://{name}:{SERVICES[name]}"
@@ -281,15 +284,38 @@ def test_network_policies_let_only_the_gateway_be_reached_from_outside() -> None
         allowed.setdefault(spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"], []).extend(
             spec["ingress"]
         )
-    assert set(allowed) == set(SERVICES)
+    assert set(allowed) == set(K8S_SERVICES)
     assert allowed["gateway"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
-    for name in ("embedder", "search", "catalog"):
+    for name in ("embedder", "search", "search-maps", "catalog"):
         assert allowed[name] == [
             {
                 "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}],
-                "ports": [{"protocol": "TCP", "port": SERVICES[name]}],
+                "ports": [{"protocol": "TCP", "port": K8S_SERVICES[name]}],
             }
         ], name
+
+
+def test_collection_maps_have_one_replica_with_a_volume_and_the_gateway_finds_it() -> None:
+    """A map job runs in one process and keeps its map in a file: one map replica, its folder on
+    a persistent volume, and the gateway's map calls sent there; compose's one search service
+    keeps its maps in a named volume."""
+    deployment = objects("deploy/k8s/base", "Deployment")["search-maps"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = pod_spec(deployment)["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod_spec(deployment)["volumes"]}
+    assert mounts["maps"] == env["MEDSEARCH_SEARCH_MAP_DIR"]
+    claim = volumes["maps"]["persistentVolumeClaim"]["claimName"]
+    assert claim in objects("deploy/k8s/base", "PersistentVolumeClaim")
+    config = objects("deploy/k8s/base", "ConfigMap")["medsearch-config"]["data"]
+    maps = GatewaySettings.from_environ(config).maps
+    assert maps is not None and maps.url == f"http://search-maps:{K8S_SERVICES['search-maps']}"
+    compose = load(COMPOSE)["services"]
+    assert GatewaySettings.from_environ(
+        {k: str(v) for k, v in compose["gateway"]["environment"].items() if "${" not in str(v)}
+    ).maps is None
+    assert "search-maps:/data/maps" in compose["search"]["volumes"]
 
 
 def test_gateway_and_embedder_scale_horizontally() -> None:

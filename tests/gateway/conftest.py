@@ -90,7 +90,10 @@ def stack(
             "MEDSEARCH_EMBEDDER_WEIGHTS": f"random:{SEED}",
             "MEDSEARCH_EMBEDDER_MAX_IMAGE_PIXELS": str(EMBEDDER_MAX_PIXELS),
         },
-        "search": {"MEDSEARCH_MILVUS_URI": "http://{}:{}".format(*milvus_server)},
+        "search": {
+            "MEDSEARCH_MILVUS_URI": "http://{}:{}".format(*milvus_server),
+            "MEDSEARCH_SEARCH_MAP_DIR": str(folder / "maps"),
+        },
     }
     with ExitStack() as stack_of:
         # A database of its own: the catalog's tests leave images in the session's database.

@@ -4,7 +4,7 @@ Sign in through a link or the form, as each role, and out again; upload → resu
 thumbnails and IDs → open one → more like this → filter; add and delete as an editor, the
 audit trail as an admin; metadata shown as text, never markup; failures shown readably; phone
 width without sideways scroll; a browser write without its CSRF token refused. Screenshots go
-to test-artifacts/ (and the sign-in page's to docs/ with MEDSEARCH_UPDATE_DOCS=1).
+to test-artifacts/ (and the search and sign-in pages' to docs/ with MEDSEARCH_UPDATE_DOCS=1).
 """
 
 from __future__ import annotations
@@ -200,6 +200,8 @@ def test_upload_open_more_like_this_and_filter(page: Page, stack: Stack, indexed
     page.evaluate("window.scrollTo(0, 0)")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-search.png"), full_page=True)
+    if os.environ.get("MEDSEARCH_UPDATE_DOCS") == "1":
+        page.screenshot(path=str(DOCS / "ui-search.jpg"), type="jpeg", quality=80, full_page=True)
 
     # Open the second hit: its full image and metadata, then more like it.
     second = ids[1]

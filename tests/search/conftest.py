@@ -43,14 +43,15 @@ def search_settings(uri: str, **changes: Any) -> SearchSettings:
 @pytest.fixture(scope="session")
 def lite_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     folder: Path = tmp_path_factory.mktemp("milvus-lite")
-    app = create_app(search_settings(str(folder / "search.db")))
+    app = create_app(search_settings(str(folder / "search.db"), map_dir=str(folder / "maps")))
     yield app
     app.extensions["medsearch_search"].store.close()
 
 
 @pytest.fixture(scope="session")
-def server_app(milvus_proxy: CuttableProxy) -> Iterator[Flask]:
-    app = create_app(search_settings(f"http://127.0.0.1:{milvus_proxy.port}"))
+def server_app(milvus_proxy: CuttableProxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    maps = tmp_path_factory.mktemp("server-maps")
+    app = create_app(search_settings(f"http://127.0.0.1:{milvus_proxy.port}", map_dir=str(maps)))
     yield app
     app.extensions["medsearch_search"].store.close()
 

@@ -280,6 +280,18 @@ def test_a_delete_is_gone_from_the_very_next_search(search: FlaskClient, model_i
         assert i not in search_ids(search, model_id, vector, k=8)
 
 
+def test_a_get_sees_the_write_and_the_delete_just_before_it(search: FlaskClient, model_id: str) -> None:
+    """Gets read at session consistency (not the collection's strong default, which waits for a
+    time tick): each must still see the upsert and the delete this service acknowledged just before."""
+    vectors = unit_vectors(8, 16, seed=47)
+    for i, vector in enumerate(vectors, start=1):
+        assert upsert(search, model_id, [{"id": i, "vector": vector.tolist()}]).status_code == 200
+        got = search.get(f"/v1/models/{model_id}/vectors/{i}")
+        assert got.status_code == 200 and np.allclose(got.json["vector"], vector, atol=1e-6)  # type: ignore[index]
+        assert search.delete(f"/v1/models/{model_id}/vectors/{i}").status_code == 204
+        assert search.get(f"/v1/models/{model_id}/vectors/{i}").status_code == 404
+
+
 def vector_ids(client: FlaskClient, model_id: str, first: int, end: int) -> list[int]:
     response = client.get(f"/v1/models/{model_id}/vector-ids", query_string={"from": first, "to": end})
     assert response.status_code == 200, response.get_data(as_text=True)

@@ -69,6 +69,9 @@ def test_blank_variables_take_the_defaults() -> None:
         ("MEDSEARCH_SEARCH_THREADS", "256", "threads", 256),
         ("MEDSEARCH_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("MEDSEARCH_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
+        ("MEDSEARCH_SEARCH_MAP_DIR", "/srv/maps", "map_dir", "/srv/maps"),
+        ("MEDSEARCH_SEARCH_MAP_TIMEOUT_S", "10", "map_timeout_s", 10.0),
+        ("MEDSEARCH_SEARCH_MAP_TIMEOUT_S", "86400", "map_timeout_s", 86_400.0),
     ],
 )
 def test_each_variable_sets_its_field(variable: str, raw: str, field: str, expected: Any) -> None:
@@ -153,6 +156,8 @@ def test_a_rejected_uri_does_not_echo_its_password() -> None:
         ("MEDSEARCH_SEARCH_MAX_REQUEST_BYTES", "1023", "must be at least 1024"),
         ("MEDSEARCH_SEARCH_THREADS", "0", "must be at least 1"),
         ("MEDSEARCH_SEARCH_THREADS", "257", "must be at most 256"),
+        ("MEDSEARCH_SEARCH_MAP_TIMEOUT_S", "9", "must be at least 10"),
+        ("MEDSEARCH_SEARCH_MAP_TIMEOUT_S", "86401", "must be at most 86400"),
         ("MEDSEARCH_LOG_LEVEL", "chatty", "must be one of DEBUG, INFO, WARNING, ERROR"),
         ("MEDSEARCH_PORT", "http", "must be an integer"),
         ("MEDSEARCH_PORT", "65536", "must be at most 65535"),

@@ -37,6 +37,9 @@ REQUIRED_ROLE: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/similarity-maps"): "reader",
     ("POST", "/api/v1/searches"): "reader",
     ("POST", "/api/v1/duplicates"): "reader",  # IDs and metadata a reader may browse; writes nothing
+    ("GET", "/api/v1/map"): "reader",
+    ("GET", "/api/v1/map/jobs/current"): "reader",
+    ("POST", "/api/v1/map/jobs"): "editor",  # minutes of computing over the whole index
     ("POST", "/api/v1/images"): "editor",
     ("POST", "/api/v1/images/batch"): "editor",
     ("DELETE", "/api/v1/images/{image_id}"): "editor",

@@ -42,6 +42,8 @@ AUDITED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/images"): "browse",
     ("GET", "/api/v1/pending"): "browse",
     ("POST", "/api/v1/duplicates"): "browse",  # the images of the pairs; its detail says duplicates
+    ("GET", "/api/v1/map"): "browse",  # every mapped image; its detail says map
+    ("POST", "/api/v1/map/jobs"): "reindex",  # a computation over the index; its detail says map
     ("POST", "/api/v1/images"): "add_image",
     ("POST", "/api/v1/images/batch"): "add_image",
     ("DELETE", "/api/v1/images/{image_id}"): "delete_image",

@@ -28,6 +28,9 @@ from medsearch_gateway.errors import (
     ImageNotFound,
     ImageRejected,
     InvalidRequest,
+    JobConflict,
+    MapNotFound,
+    NothingToMap,
     UnsupportedUpload,
     UploadTooLarge,
 )
@@ -322,8 +325,11 @@ class EmbedderClient:
 
 
 class SearchClient:
-    def __init__(self, client: ServiceClient) -> None:
+    def __init__(self, client: ServiceClient, maps: ServiceClient | None = None) -> None:
         self.client = client
+        # Map jobs and maps live with one search process (map_jobs.py): its own replica in
+        # Kubernetes, the one search service elsewhere.
+        self.maps = maps or client
 
     def search(self, model_id: str, vector: PackedVector, query: SearchQuery) -> list[Found]:
         """Hits, best first; none when nothing was ever indexed for the model."""
@@ -408,6 +414,44 @@ class SearchClient:
             raise
         found = response.json()
         return NearPairs([(int(a), int(b), float(score)) for a, b, score in found["pairs"]], found["vectors"])
+
+    def start_map(self, model_id: str) -> dict[str, Any]:
+        """A background job making the model's 2-D map: the job as it starts."""
+        try:
+            # Not sent twice: a second start while the first runs is a conflict.
+            return dict(self.maps.request("POST", f"/v1/models/{model_id}/map-jobs").json())
+        except UpstreamRejected as exc:
+            detail = str(exc.problem.get("detail", ""))[:300]
+            if exc.status == 409:
+                raise JobConflict(detail or "a map job is already running") from None
+            if exc.status == 404:
+                raise NothingToMap(
+                    f"model {model_id} has no vectors yet: add images before making a map"
+                ) from None
+            if exc.status == 422:
+                raise NothingToMap(detail) from None
+            raise
+
+    def map_job(self, model_id: str) -> dict[str, Any]:
+        """The model's last map job, with its stage and progress."""
+        try:
+            return dict(self.maps.get_json(f"/v1/models/{model_id}/map-jobs/current"))
+        except UpstreamRejected as exc:
+            if exc.status == 404:
+                raise MapNotFound(f"no map job was started for model {model_id} yet") from None
+            raise
+
+    def map(self, model_id: str) -> bytes:
+        """The model's last finished map as the search service's JSON, passed on unparsed
+        (a few MB at 112k points)."""
+        try:
+            return self.maps.request("GET", f"/v1/models/{model_id}/map").content
+        except UpstreamRejected as exc:
+            if exc.status == 404:
+                raise MapNotFound(
+                    f"no map of model {model_id} was made yet: an editor starts one (POST /api/v1/map/jobs)"
+                ) from None
+            raise
 
 
 class CatalogClient:
@@ -551,7 +595,7 @@ class Services:
 
         return cls(
             EmbedderClient(client(settings.embedder)),
-            SearchClient(client(settings.search)),
+            SearchClient(client(settings.search), client(settings.maps) if settings.maps else None),
             CatalogClient(client(settings.catalog)),
         )
 
@@ -573,7 +617,7 @@ class Services:
         }
 
     def close(self) -> None:
-        for client in self._clients():
+        for client in {*self._clients(), self.search.maps}:
             client.close()
 
     def _clients(self) -> tuple[ServiceClient, ...]:

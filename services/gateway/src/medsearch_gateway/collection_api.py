@@ -1,4 +1,5 @@
-"""Reviews of the whole collection under /api/v1: near-duplicate pairs, a range of image IDs at a time."""
+"""Reviews of the whole collection under /api/v1: near-duplicate pairs (a range of image IDs
+at a time) and the 2-D map of the collection with the jobs that make it."""
 
 from __future__ import annotations
 
@@ -18,13 +19,32 @@ blueprint = Blueprint("collection", __name__, url_prefix="/api/v1")
 _EXAMPLE = '{"from": FIRST, "to": END, "threshold": 0.99985, "k": 10}'
 
 
+@blueprint.post("/map/jobs")
+def start_map_job() -> tuple[Response, int]:
+    """Start making the active model's map in the background; poll the job for progress."""
+    job = _gateway().start_map()
+    note().detail = f"map job started over {job.get('vectors', 0)} vectors"
+    return jsonify(job), 202
+
+
+@blueprint.get("/map/jobs/current")
+def current_map_job() -> Response:
+    return jsonify(_gateway().map_job())
+
+
+@blueprint.get("/map")
+def collection_map() -> Response:
+    """Every mapped image's ID, place and attributes (the search service's answer as it is)."""
+    note().detail = "the collection map"
+    return Response(_gateway().collection_map(), mimetype="application/json")
+
+
 @blueprint.post("/duplicates")
 def duplicates() -> Response:
     """The pairs of images at or above a similarity threshold among the image IDs [from, to)
     and their nearest neighbours: what `medsearch duplicates` calls, range after range."""
     first, end, threshold, k = parse_duplicates(request.get_data(as_text=True))
-    gateway: Gateway = current_app.extensions[GATEWAY_EXTENSION]
-    found = gateway.duplicates(first, end, threshold=threshold, k=k)
+    found = _gateway().duplicates(first, end, threshold=threshold, k=k)
     note().result_ids = [image.id for image in found.images]
     note().detail = f"duplicates of image IDs {first}-{end - 1} at {threshold:g}: {len(found.pairs)} pairs"
     return jsonify(_duplicates_json(found))
@@ -61,3 +81,8 @@ def _duplicates_json(found: Duplicates) -> dict[str, Any]:
         "vectors": found.vectors,
         "max_image_id": found.max_image_id,
     }
+
+
+def _gateway() -> Gateway:
+    gateway: Gateway = current_app.extensions[GATEWAY_EXTENSION]
+    return gateway

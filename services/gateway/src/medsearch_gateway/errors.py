@@ -67,6 +67,18 @@ class IngestIncomplete(Exception):
         }
 
 
+class JobConflict(Exception):
+    """A job of that kind is already running (409)."""
+
+
+class NothingToMap(Exception):
+    """The active model has no vectors, or too few, to make a map of (422)."""
+
+
+class MapNotFound(Exception):
+    """No map of the active model was finished yet (404)."""
+
+
 class NotSignedIn(Exception):
     """No identity, or one that does not verify (401). The detail never says which part of a
     secret was wrong; the header tells API clients how to sign in."""
@@ -94,4 +106,7 @@ ERROR_STATUSES: dict[type[Exception], int] = {
     NotSignedIn: 401,
     NotAllowed: 403,
     TokenNotFound: 404,
+    JobConflict: 409,
+    NothingToMap: 422,
+    MapNotFound: 404,
 }

@@ -361,6 +361,16 @@ class Gateway:
             self.search_service, self.catalog, model_id, first, end, threshold=threshold, k=k
         )
 
+    def start_map(self) -> dict[str, Any]:
+        """A background job making the active model's 2-D map (the search service runs it)."""
+        return self.search_service.start_map(self.embedder.model().model_id)
+
+    def map_job(self) -> dict[str, Any]:
+        return self.search_service.map_job(self.embedder.model().model_id)
+
+    def collection_map(self) -> bytes:
+        return self.search_service.map(self.embedder.model().model_id)
+
     def readiness(self) -> dict[str, str | None]:
         return self.services.readiness()
 

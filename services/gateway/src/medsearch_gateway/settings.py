@@ -38,6 +38,9 @@ class GatewaySettings:
     embedder: Upstream
     search: Upstream
     catalog: Upstream
+    # The search service replica that makes and keeps collection maps, when not the one behind
+    # `search` (Kubernetes: several search replicas, one map replica with a volume).
+    maps: Upstream | None = None
     connect_timeout_s: float = 2.0
     attempts: int = 2
     max_upload_bytes: int = 64 * 1024 * 1024
@@ -73,6 +76,11 @@ class GatewaySettings:
             embedder=upstream("embedder", 8081, 30.0),
             search=upstream("search", 8082, 10.0),
             catalog=upstream("catalog", 8083, 10.0),
+            maps=(
+                Upstream("search", env_url(environ, "MEDSEARCH_MAPS_URL", None, schemes=_HTTP), 60.0)
+                if environ.get("MEDSEARCH_MAPS_URL", "").strip()
+                else None
+            ),
             connect_timeout_s=env_float(
                 environ, "MEDSEARCH_GATEWAY_CONNECT_TIMEOUT_S", cls.connect_timeout_s, minimum=0.1, maximum=60
             ),

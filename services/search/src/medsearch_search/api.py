@@ -66,6 +66,21 @@ def neighbors(model_id: str) -> Response:
     return jsonify(pairs=[[a, b, score] for a, b, score in found.pairs], vectors=found.vectors)
 
 
+@blueprint.post("/models/<model_id>/map-jobs")
+def start_map_job(model_id: str) -> tuple[Response, int]:
+    return jsonify(_service().start_map(model_id).to_json()), 202
+
+
+@blueprint.get("/models/<model_id>/map-jobs/current")
+def current_map_job(model_id: str) -> Response:
+    return jsonify(_service().map_job(model_id).to_json())
+
+
+@blueprint.get("/models/<model_id>/map")
+def get_map(model_id: str) -> Response:
+    return jsonify(_service().map(model_id))
+
+
 @blueprint.post("/models/<model_id>/search")
 def search(model_id: str) -> Response:
     results = _service().search(model_id, _json_body())

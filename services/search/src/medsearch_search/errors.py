@@ -27,7 +27,22 @@ class MilvusUnavailable(Exception):
     """Milvus cannot be reached or failed; the message names it (503)."""
 
 
+class JobRunning(Exception):
+    """A map job for this model is already running (409)."""
+
+
+class TooFewVectors(Exception):
+    """The model has too few vectors to map (422)."""
+
+
+class MapNotFound(Exception):
+    """No map was ever finished for this model (404)."""
+
+
 ERROR_STATUSES: dict[type[Exception], int] = {
+    JobRunning: 409,
+    TooFewVectors: 422,
+    MapNotFound: 404,
     InvalidRequest: 400,
     InvalidVector: 422,
     BatchTooLarge: 413,

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -18,10 +19,12 @@ from medsearch_search.errors import (
     BatchTooLarge,
     InvalidRequest,
     InvalidVector,
+    MapNotFound,
     ModelNotFound,
     VectorNotFound,
 )
 from medsearch_search.filters import SearchFilter, parse_attributes, parse_filter
+from medsearch_search.map_jobs import MapJob, MapJobs
 from medsearch_search.settings import SearchSettings
 from medsearch_search.store import MODEL_ID, Collection, CollectionGone, Hit, MilvusStore, StoredVector
 
@@ -58,6 +61,7 @@ class SearchService:
     def __init__(self, settings: SearchSettings, store: MilvusStore) -> None:
         self.settings = settings
         self.store = store
+        self.maps = MapJobs(store, Path(settings.map_dir), settings.map_timeout_s)
 
     def upsert(self, model_id: str, body: Any) -> int:
         """Store every item or none (all are checked before Milvus sees any); the count stored."""
@@ -187,6 +191,41 @@ class SearchService:
             )
         vectors = parse_vectors(raw, "vectors", dim)
         return SearchRequest(vectors, k, parse_filter(body.get("filter")), one_per_patient, consistency)
+
+    def start_map(self, model_id: str) -> MapJob:
+        """A background job making the model's 2-D map (map_jobs.py)."""
+        check_model_id(model_id)
+        return self._on_collection(model_id, self.maps.start, missing=lambda: _no_model(model_id))
+
+    def map_job(self, model_id: str) -> MapJob:
+        check_model_id(model_id)
+        job = self._on_collection(model_id, self.maps.current, missing=lambda: _no_model(model_id))
+        if job is None:
+            raise MapNotFound(f"no map job was ever started for model {model_id}")
+        return job
+
+    def map(self, model_id: str) -> dict[str, Any]:
+        """The model's last finished map: each point's ID, place and attributes, what changed
+        since, and the job that runs (started here when the changes make the map stale)."""
+        check_model_id(model_id)
+
+        def read(collection: Collection) -> dict[str, Any]:
+            stored = self.maps.stored(collection)
+            changes = self.maps.changes(collection, stored)
+            job = self.maps.refresh_if_stale(collection, changes) or self.maps.current(collection)
+            return {
+                **stored.meta,
+                "changes": changes,
+                "job": job.to_json() if job is not None else None,
+                "points": {
+                    "id": stored.ids.tolist(),
+                    "x": np.round(stored.xy[:, 0].astype(np.float64), 5).tolist(),
+                    "y": np.round(stored.xy[:, 1].astype(np.float64), 5).tolist(),
+                },
+                "fields": stored.attributes.to_json(),
+            }
+
+        return self._on_collection(model_id, read, missing=lambda: _no_model(model_id))
 
     def model(self, model_id: str) -> dict[str, Any]:
         check_model_id(model_id)

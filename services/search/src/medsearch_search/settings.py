@@ -35,6 +35,9 @@ class SearchSettings:
     max_request_bytes: int = 64 * 1024 * 1024
     threads: int = 8
     log_level: str = "INFO"
+    # Where map jobs keep their progress and finished maps (map_jobs.py).
+    map_dir: str = "var/search-maps"
+    map_timeout_s: float = 3600.0
 
     @property
     def is_lite(self) -> bool:
@@ -73,4 +76,8 @@ class SearchSettings:
             ),
             threads=env_int(environ, "MEDSEARCH_SEARCH_THREADS", cls.threads, minimum=1, maximum=256),
             log_level=env_choice(environ, "MEDSEARCH_LOG_LEVEL", cls.log_level, LOG_LEVELS),
+            map_dir=env_str(environ, "MEDSEARCH_SEARCH_MAP_DIR", cls.map_dir),
+            map_timeout_s=env_float(
+                environ, "MEDSEARCH_SEARCH_MAP_TIMEOUT_S", cls.map_timeout_s, minimum=10, maximum=86_400
+            ),
         )
