@@ -312,9 +312,12 @@ def test_collection_maps_have_one_replica_with_a_volume_and_the_gateway_finds_it
     maps = GatewaySettings.from_environ(config).maps
     assert maps is not None and maps.url == f"http://search-maps:{K8S_SERVICES['search-maps']}"
     compose = load(COMPOSE)["services"]
-    assert GatewaySettings.from_environ(
-        {k: str(v) for k, v in compose["gateway"]["environment"].items() if "${" not in str(v)}
-    ).maps is None
+    assert (
+        GatewaySettings.from_environ(
+            {k: str(v) for k, v in compose["gateway"]["environment"].items() if "${" not in str(v)}
+        ).maps
+        is None
+    )
     assert "search-maps:/data/maps" in compose["search"]["volumes"]
 
 

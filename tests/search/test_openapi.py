@@ -44,6 +44,9 @@ VECTOR = "/v1/models/{model_id}/vectors/{vector_id}"
 VECTOR_IDS = "/v1/models/{model_id}/vector-ids"
 NEIGHBORS = "/v1/models/{model_id}/neighbors"
 SEARCH = "/v1/models/{model_id}/search"
+MAP_JOBS = "/v1/models/{model_id}/map-jobs"
+MAP_JOB = "/v1/models/{model_id}/map-jobs/current"
+MAP = "/v1/models/{model_id}/map"
 
 DIM = 8
 VECTORS_STORED = unit_vectors(3, DIM, seed=17)
@@ -176,6 +179,39 @@ def delete_stored(c: Clients) -> TestResponse:
 def search_filtered(c: Clients) -> TestResponse:
     flt = {"dataset": ["nih"], "sex": ["F"], "age": {"min": 40}, "exclude_ids": [2, 3]}
     return c.search.post(at(SEARCH, c.model_id), json=query(c, k=5, filter=flt, one_per_patient=True))
+
+
+# A model of 25 vectors per backend, mapped by the map cases in their order: start, start
+# again while it runs, read the job, read the finished map.
+_MAPPED: dict[int, str] = {}
+
+
+def mapped_model(c: Clients) -> str:
+    if id(c.search) not in _MAPPED:
+        model_id = new_model_id()
+        items = [{"id": i + 1, "vector": v.tolist()} for i, v in enumerate(unit_vectors(25, DIM, seed=29))]
+        assert upsert(c.search, model_id, items).status_code == 200
+        _MAPPED[id(c.search)] = model_id
+    return _MAPPED[id(c.search)]
+
+
+def start_map(c: Clients) -> TestResponse:
+    return c.search.post(at(MAP_JOBS, mapped_model(c)))
+
+
+def finished_map(c: Clients) -> TestResponse:
+    model_id = mapped_model(c)
+    service: SearchService = c.search.application.extensions["medsearch_search"]
+    service.maps.wait(model_id, 300)
+    return c.search.get(at(MAP, model_id))
+
+
+def expect_running(c: Clients, body: Any) -> None:
+    assert body["state"] == "running" and body["vectors"] == 25
+
+
+def expect_mapped(c: Clients, body: Any) -> None:
+    assert sorted(body["points"]["id"]) == list(range(1, 26)) and body["job"]["state"] == "done"
 
 
 @dataclass(frozen=True)
@@ -620,6 +656,124 @@ CASES: list[Case] = [
         lambda c: c.down.post(at(SEARCH, c.model_id), json=query(c)),
         "milvus-unavailable",
         "Milvus",
+    ),
+    # the collection map
+    Case("start a map job", MAP_JOBS, "post", 202, start_map, expect=expect_running),
+    Case(
+        "start a map job while one runs", MAP_JOBS, "post", 409, start_map, "job-running", "already running"
+    ),
+    Case("the current map job", MAP_JOB, "get", 200, lambda c: c.search.get(at(MAP_JOB, mapped_model(c)))),
+    Case("the finished map", MAP, "get", 200, finished_map, expect=expect_mapped),
+    Case(
+        "a map of too few vectors",
+        MAP_JOBS,
+        "post",
+        422,
+        lambda c: c.search.post(at(MAP_JOBS, c.model_id)),
+        "too-few-vectors",
+        "a map needs at least 20",
+    ),
+    Case(
+        "a map job of an unknown model",
+        MAP_JOBS,
+        "post",
+        404,
+        lambda c: c.search.post(at(MAP_JOBS, new_model_id())),
+        "model-not-found",
+        "no vectors were ever stored",
+    ),
+    Case(
+        "no map job yet",
+        MAP_JOB,
+        "get",
+        404,
+        lambda c: c.search.get(at(MAP_JOB, c.model_id)),
+        "map-not-found",
+        "no map job was ever started",
+    ),
+    Case(
+        "no map yet",
+        MAP,
+        "get",
+        404,
+        lambda c: c.search.get(at(MAP, c.model_id)),
+        "map-not-found",
+        "start a map job",
+    ),
+    Case(
+        "a map job of a bad model ID",
+        MAP_JOBS,
+        "post",
+        400,
+        lambda c: c.search.post(at(MAP_JOBS, "-bad")),
+        "invalid-request",
+    ),
+    Case(
+        "the map job of a bad model ID",
+        MAP_JOB,
+        "get",
+        400,
+        lambda c: c.search.get(at(MAP_JOB, "-bad")),
+        "invalid-request",
+    ),
+    Case(
+        "the map of a bad model ID",
+        MAP,
+        "get",
+        400,
+        lambda c: c.search.get(at(MAP, "-bad")),
+        "invalid-request",
+    ),
+    Case(
+        "milvus down: a map job",
+        MAP_JOBS,
+        "post",
+        503,
+        lambda c: c.down.post(at(MAP_JOBS, c.model_id)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: the map job",
+        MAP_JOB,
+        "get",
+        503,
+        lambda c: c.down.get(at(MAP_JOB, c.model_id)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: the map",
+        MAP,
+        "get",
+        503,
+        lambda c: c.down.get(at(MAP, c.model_id)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "unplanned failure: a map job",
+        MAP_JOBS,
+        "post",
+        500,
+        lambda c: c.broken.post(at(MAP_JOBS, c.model_id)),
+        "about:blank",
+    ),
+    Case(
+        "unplanned failure: the map job",
+        MAP_JOB,
+        "get",
+        500,
+        lambda c: c.broken.get(at(MAP_JOB, c.model_id)),
+        "about:blank",
+    ),
+    Case(
+        "unplanned failure: the map",
+        MAP,
+        "get",
+        500,
+        lambda c: c.broken.get(at(MAP, c.model_id)),
+        "about:blank",
     ),
     Case(
         "milvus down: readyz",

@@ -1,10 +1,11 @@
 // MedSearch browser UI: search by example image (an upload, several at once, a stored image, a
 // region of one, steered by marked results), browse an image, add and delete images, the
-// collection's statistics and its near-duplicates, read the audit trail (no framework). This
-// module holds the routing, the search and image views and their flows; the rest lives beside
-// it: http.js (the gateway), dom.js (safe DOM), messages.js (status and errors), searching.js
-// (a search and its address), results.js (result lists), maps.js, region.js, refine.js,
-// compare.js, export.js, charts.js, and the add.js, audit.js, stats.js and duplicates.js views.
+// collection's statistics, its near-duplicates and its map, read the audit trail (no
+// framework). This module holds the routing, the search and image views and their flows; the
+// rest lives beside it: http.js (the gateway), dom.js (safe DOM), messages.js (status and
+// errors), searching.js (a search and its address), results.js (result lists), maps.js,
+// region.js, refine.js, compare.js, export.js, charts.js, and the add.js, audit.js, stats.js,
+// duplicates.js and map.js views.
 //
 // Security: every string from the API or from a file name is untrusted and goes into the page
 // as text, never as markup (see dom.js). The session lives in an HttpOnly cookie; every change
@@ -20,6 +21,7 @@ import { initAudit, loadAudit } from "./audit.js";
 import { initAdd } from "./add.js";
 import { initCollection, loadCollection } from "./stats.js";
 import { initDuplicates, openDuplicates } from "./duplicates.js";
+import { initMap, openMap } from "./map.js";
 import { clearQueryTarget, imageHash, initResults, newList, renderLists, replaceList } from "./results.js";
 import {
   fillSearchForm,
@@ -34,12 +36,13 @@ const INDEX_STATES = ["indexed", "pending", "failed"];
 const SEX_NAMES = { M: "male", F: "female", O: "other" };
 const ROLES = ["reader", "editor", "admin"]; // weakest first, as the gateway orders them
 // Views that need a role (at least a signed-in reader); the gateway refuses their requests anyway.
-const VIEW_ROLES = { add: "editor", audit: "admin", collection: "reader", duplicates: "reader" };
+const VIEW_ROLES = { add: "editor", audit: "admin", collection: "reader", duplicates: "reader", map: "reader" };
 const VIEW_NAMES = {
   add: "Adding images",
   audit: "The audit trail",
   collection: "The collection's statistics",
   duplicates: "The near-duplicates review",
+  map: "The collection map",
 };
 // A batch of query images: one search each, this many at once, at most this many images.
 const BATCH_AT_ONCE = 4;
@@ -63,6 +66,7 @@ const ui = {
     audit: byId("view-audit"),
     collection: byId("view-collection"),
     duplicates: byId("view-duplicates"),
+    map: byId("view-map"),
   },
   viewTitles: {
     search: byId("search-title"),
@@ -71,6 +75,7 @@ const ui = {
     audit: byId("audit-title"),
     collection: byId("collection-title"),
     duplicates: byId("duplicates-title"),
+    map: byId("map-title"),
   },
   searchForm: byId("search-form"),
   queryFile: byId("query-file"),
@@ -216,8 +221,8 @@ function showModel(model) {
   ui.modelWarningText.textContent = model.warning || "This model's results are not medically meaningful.";
 }
 
-// ---- routing: #/ search, #/image/<id>, #/add, #/audit, #/collection, #/duplicates; a
-// search's parameters after "?" ----
+// ---- routing: #/ search, #/image/<id>, #/add, #/audit, #/collection, #/duplicates, #/map;
+// a search's parameters after "?" ----
 
 function parseHash(hash) {
   const at = hash.indexOf("?");
@@ -229,6 +234,7 @@ function parseHash(hash) {
   if (path === "#/audit") return { view: "audit", params };
   if (path === "#/collection") return { view: "collection", params };
   if (path === "#/duplicates") return { view: "duplicates", params };
+  if (path === "#/map") return { view: "map", params };
   return { view: "search", params };
 }
 
@@ -282,6 +288,9 @@ function route() {
   } else if (target.view === "duplicates") {
     ui.resultsSection.hidden = true;
     openDuplicates();
+  } else if (target.view === "map") {
+    ui.resultsSection.hidden = true;
+    openMap();
   } else if (target.view === "search") {
     openSearchView(target.params);
   } else {
@@ -863,6 +872,8 @@ async function start() {
   initAdd({ imageHash, added: loadStats });
   initCollection(() => isCurrent("collection"));
   initDuplicates(() => isCurrent("duplicates"));
+  // The map places the latest result lists: the search form's, else the open image's.
+  initMap({ shown: () => isCurrent("map"), lastSearch: () => state.search || state.similar });
   // A page kept by the back/forward cache may outlive its session: ask again.
   window.addEventListener("pageshow", (event) => {
     if (event.persisted) loadSession();
