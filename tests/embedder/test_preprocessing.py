@@ -145,5 +145,7 @@ def test_limits_on_bytes_and_pixels(nih_png: bytes, nih_gray: NDArray[np.uint8])
 def test_render_png_scales_the_long_side_down_to_max_side_and_never_up(test_data: Path) -> None:
     data = (test_data / "covid_hannover/images/006f3a8a.png").read_bytes()  # 640x599
     for max_side, size in [(320, (320, round(599 / 2))), (640, (640, 599)), (2048, (640, 599))]:
-        with Image.open(io.BytesIO(render_png(data, LIMITS, max_side))) as image:
+        png, decoded = render_png(data, LIMITS, max_side)
+        assert decoded == (640, 599)  # the pixels a region is given in, whatever the rendering's size
+        with Image.open(io.BytesIO(png)) as image:
             assert (image.format, image.mode, image.size) == ("PNG", "L", size), max_side

@@ -73,8 +73,11 @@ def test_rendering_needs_no_model(client: FlaskClient, test_data: Path) -> None:
 def test_a_larger_image_is_scaled_down_to_1024_on_its_long_side(client: FlaskClient, test_data: Path) -> None:
     source = Image.open(test_data / HANNOVER).convert("L")  # 640x599
     doubled = source.resize((source.width * 2, source.height * 2), Image.Resampling.NEAREST)
-    image = rendered(post_render(client, [png_of(doubled)]))
+    response = post_render(client, [png_of(doubled)])
+    image = rendered(response)
     assert image.size == (1024, round(1198 * 1024 / 1280))
+    # The size it was decoded at: what a region drawn on the rendering is scaled back to.
+    assert (response.headers["X-Image-Width"], response.headers["X-Image-Height"]) == ("1280", "1198")
     expected = np.asarray(source.resize(image.size, Image.Resampling.BILINEAR), dtype=np.float64)
     assert np.abs(np.asarray(image, dtype=np.float64) - expected).mean() < 2.0
 

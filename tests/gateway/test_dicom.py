@@ -106,6 +106,9 @@ def test_a_dicom_is_added_indexed_and_found_by_its_png_twin(
         timeout=HTTP_TIMEOUT_S,
     )
     assert preview.status_code == 200 and preview.headers["Content-Type"] == "image/png"
+    # The DICOM's own size, for a region drawn on its (at most 1024 px) rendering.
+    size = (int(preview.headers["X-Image-Width"]), int(preview.headers["X-Image-Height"]))
+    assert size == (stored.Columns, stored.Rows)
     # Reindexing reads the stored DICOM back from the catalog.
     reindexed = requests.post(
         f"{stack.gateway}/api/v1/images/{image['id']}/index",

@@ -116,7 +116,11 @@ def render() -> Response:
     uploads = _files("image")
     if len(uploads) > 1:
         raise MalformedRequest(f"send exactly one file in the multipart field 'image' (got {len(uploads)})")
-    return Response(_service().render(uploads[0].read()), mimetype="image/png")
+    png, (width, height) = _service().render(uploads[0].read())
+    response = Response(png, mimetype="image/png")
+    # The size the image was decoded at: the pixels a region of it is given in.
+    response.headers["X-Image-Width"], response.headers["X-Image-Height"] = str(width), str(height)
+    return response
 
 
 @blueprint.get("/model")

@@ -96,19 +96,24 @@ def read_grayscale(data: bytes, limits: InputLimits, *, hint_size: int = INPUT_S
     return read_upload(data, limits, draft_px=hint_size * 2)
 
 
-def render_png(data: bytes, limits: InputLimits, max_side: int = RENDER_MAX_SIDE) -> bytes:
-    """The upload as `read_grayscale` sees it, as an 8-bit grayscale PNG with no side over `max_side`.
+def render_png(
+    data: bytes, limits: InputLimits, max_side: int = RENDER_MAX_SIDE
+) -> tuple[bytes, tuple[int, int]]:
+    """The upload as `read_grayscale` sees it, as an 8-bit grayscale PNG with no side over
+    `max_side`, and the width and height it was decoded at: a region is drawn on the rendering
+    but sent in those pixels.
 
     For people to see what the model sees, a DICOM above all, which browsers cannot show.
     """
     image = read_grayscale(data, limits, hint_size=max_side)
+    decoded = (image.width, image.height)
     scale = max_side / max(image.width, image.height)
     if scale < 1:  # never up: that would only blur
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     out = io.BytesIO()
     image.save(out, format="PNG")
-    return out.getvalue()
+    return out.getvalue(), decoded
 
 
 def letterbox(image: Image.Image, size: int) -> NDArray[np.uint8]:

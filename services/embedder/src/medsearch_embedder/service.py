@@ -214,7 +214,7 @@ class EmbeddingService:
                     self._feature_cache.popitem(last=False)  # the oldest
         return [hit for hit in found if hit is not None]
 
-    def render(self, data: bytes) -> bytes:
+    def render(self, data: bytes) -> tuple[bytes, tuple[int, int]]:
         """The upload as the model reads it, as a PNG to look at; needs no model, so works while it loads."""
         return render_png(data, self._limits)
 

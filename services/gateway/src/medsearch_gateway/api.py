@@ -215,9 +215,12 @@ def get_thumbnail(image_id: str) -> Response:
 
 @blueprint.post("/previews")
 def preview() -> Response:
-    """A PNG of the upload as the model reads it: how the browser shows a DICOM query."""
-    response = Response(_gateway().preview(_upload()), mimetype="image/png")
+    """A PNG of the upload as the model reads it: how the browser shows a DICOM query; with
+    the size of the image in the pixels a region of it is given in."""
+    png, (width, height) = _gateway().preview(_upload())
+    response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "no-store"  # a user's query: nothing keeps it
+    response.headers["X-Image-Width"], response.headers["X-Image-Height"] = str(width), str(height)
     return response
 
 

@@ -308,14 +308,16 @@ class EmbedderClient:
             return [Refused("embedder", exc.status, str(refused))] * count
         return [Refused("embedder", error["status"], error["detail"]) for error in errors]
 
-    def render(self, upload: Upload) -> bytes:
+    def render(self, upload: Upload) -> tuple[bytes, tuple[int, int]]:
+        """The upload as a PNG to look at, and the width and height its pixels are counted in."""
         try:
             response = self.client.request(
                 "POST", "/v1/render", files={"image": (upload.filename, upload.data)}, idempotent=True
             )
         except UpstreamRejected as exc:
             raise user_error(exc) from None
-        return response.content
+        size = (int(response.headers["X-Image-Width"]), int(response.headers["X-Image-Height"]))
+        return response.content, size
 
     def _remember(self, description: dict[str, Any]) -> ActiveModel:
         model = ActiveModel(str(description["model_id"]), description)

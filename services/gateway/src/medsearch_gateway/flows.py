@@ -131,7 +131,7 @@ class Gateway:
         without_itself = {**query_filter, "exclude_ids": [*(excluded or []), image_id]}
         return model, self.hits(model, vector, replace(query, filter=without_itself))
 
-    def preview(self, upload: Upload) -> bytes:
+    def preview(self, upload: Upload) -> tuple[bytes, tuple[int, int]]:
         return self.embedder.render(upload)
 
     # -- adding and indexing -----------------------------------------------------------------

@@ -114,7 +114,7 @@ const state = {
   stats: null, // last GET /stats answer; decides the empty-results message
   // What the search form searches: {kind: "upload", files: [File]} or {kind: "stored", image}.
   query: null,
-  querySize: null, // an uploaded DICOM's width and height, from its header
+  querySize: null, // an uploaded DICOM's width and height, from its preview's headers
   previewUrl: null, // blob URL of the query preview, revoked when replaced
   batchUrls: [], // blob URLs of a batch's query images, revoked with the batch
   fullImageUrl: null, // blob URL of a stored DICOM's rendering, revoked when replaced
@@ -389,26 +389,6 @@ async function isDicom(file) {
   return String.fromCharCode(...magic) === "DICM";
 }
 
-/**
- * A DICOM's Columns and Rows, (0028,0011) and (0028,0010), read from its header (little
- * endian, explicit or implicit VR); null when not found. Its preview is scaled to at most
- * 1024 px, so a region drawn on the preview is scaled to these, the pixels the server reads.
- */
-async function dicomSize(file) {
-  const bytes = await file.slice(0, 256 * 1024).arrayBuffer();
-  const view = new DataView(bytes);
-  const found = {};
-  for (let at = 132; at + 10 <= bytes.byteLength && !(found[0x10] && found[0x11]); at += 2) {
-    if (view.getUint16(at, true) !== 0x0028) continue;
-    const element = view.getUint16(at + 2, true);
-    if (element !== 0x10 && element !== 0x11) continue;
-    const explicit = view.getUint8(at + 4) === 0x55 && view.getUint8(at + 5) === 0x53; // "US"
-    const length = explicit ? view.getUint16(at + 6, true) : view.getUint32(at + 4, true);
-    if (length === 2 && !found[element]) found[element] = view.getUint16(at + 8, true);
-  }
-  return found[0x10] && found[0x11] ? { width: found[0x11], height: found[0x10] } : null;
-}
-
 async function chooseQueryFiles(chosen) {
   const files = [...chosen];
   if (!files.length) return;
@@ -447,17 +427,24 @@ async function chooseQueryFile(file) {
   }
   // Browsers cannot draw DICOM, so the gateway renders a PNG of it.
   setPreview(null);
-  const size = await dicomSize(file);
-  if (state.query && state.query.files[0] === file) state.querySize = size;
   const body = new FormData();
   body.append("image", file, file.name);
-  const blob = await runRequest(null, "Rendering the DICOM preview…", async () => {
+  const rendered = await runRequest(null, "Rendering the DICOM preview…", async () => {
     const response = await apiFetch("/previews", { method: "POST", body });
-    return response.blob();
+    return { blob: await response.blob(), size: decodedSize(response) };
   });
   if (!state.query || state.query.files[0] !== file) return; // A newer choice replaced this one meanwhile.
-  if (blob) setPreview(URL.createObjectURL(blob), file.name);
+  // The preview is at most 1024 px; a region drawn on it is sent in the DICOM's own pixels.
+  state.querySize = rendered ? rendered.size : null;
+  if (rendered) setPreview(URL.createObjectURL(rendered.blob), file.name);
   else ui.queryName.textContent = `${file.name} (no preview; it can still be searched)`;
+}
+
+/** The width and height the gateway decoded an image at (its preview's headers); null if absent. */
+function decodedSize(response) {
+  const width = Number(response.headers.get("X-Image-Width"));
+  const height = Number(response.headers.get("X-Image-Height"));
+  return width > 0 && height > 0 ? { width, height } : null;
 }
 
 /** A stored image as the search form's query (an address with query_id). */
