@@ -112,11 +112,12 @@ def through_the_service(vectors: NDArray[np.float32], attributes: list[Any]) -> 
             "MEDSEARCH_SEARCH_MILVUS_TIMEOUT_S": "600",
             "MEDSEARCH_SEARCH_MAP_DIR": str(Path(folder) / "maps"),
         }
+        log = open(REPO_ROOT / "bench-results" / "map-search-service.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, "-m", "medsearch_search"],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its session holds it and its UMAP child, for their memory
         )
         base = f"http://127.0.0.1:{port}"

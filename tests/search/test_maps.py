@@ -305,3 +305,11 @@ def test_milvus_down_refuses_a_job_with_503_and_a_later_job_completes(
     assert client.get(f"/v1/models/{model_id}/map-jobs/current").status_code == 404  # nothing written
     assert client.post(f"/v1/models/{model_id}/map-jobs").status_code == 202
     assert wait_for_job(client, model_id)["state"] == "done"
+    # The map is a file: with Milvus gone it is still served, without what changed since.
+    milvus_proxy.cut()
+    try:
+        served = client.get(f"/v1/models/{model_id}/map")
+    finally:
+        milvus_proxy.restore()
+    assert served.status_code == 200 and served.json["changes"] is None  # type: ignore[index]
+    assert len(served.json["points"]["id"]) == len(labels)  # type: ignore[index]

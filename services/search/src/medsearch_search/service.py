@@ -20,6 +20,7 @@ from medsearch_search.errors import (
     InvalidRequest,
     InvalidVector,
     MapNotFound,
+    MilvusUnavailable,
     ModelNotFound,
     VectorNotFound,
 )
@@ -211,8 +212,14 @@ class SearchService:
 
         def read(collection: Collection) -> dict[str, Any]:
             stored = self.maps.stored(collection)
-            changes = self.maps.changes(collection, stored)
-            job = self.maps.refresh_if_stale(collection, changes) or self.maps.current(collection)
+            try:
+                changes: dict[str, Any] | None = self.maps.changes(collection, stored)
+            except MilvusUnavailable:
+                # The map is a file: served without what changed since while Milvus does not
+                # answer (seen once at 112k, as the engine sealed and indexed the new rows).
+                changes = None
+            refreshed = self.maps.refresh_if_stale(collection, changes) if changes else None
+            job = refreshed or self.maps.current(collection)
             return {
                 **stored.meta,
                 "changes": changes,

@@ -301,7 +301,12 @@ function renderSummary() {
 }
 
 function renderChanges() {
-  const changes = state.map.meta.changes || {};
+  if (!state.map.meta.changes) {
+    // Milvus did not answer the counts: the map itself is a file and still shows.
+    ui.changes.textContent = "What changed since it was made cannot be counted now.";
+    return;
+  }
+  const changes = state.map.meta.changes;
   const added = changes.added || 0;
   const deleted = changes.deleted || 0;
   if (!added && !deleted) {
