@@ -112,7 +112,8 @@ def through_the_service(vectors: NDArray[np.float32], attributes: list[Any]) -> 
             "MEDSEARCH_SEARCH_MILVUS_TIMEOUT_S": "600",
             "MEDSEARCH_SEARCH_MAP_DIR": str(Path(folder) / "maps"),
         }
-        log = open(REPO_ROOT / "bench-results" / "map-search-service.log", "wb")  # noqa: SIM115
+        # The service's log stays with the run's files; a failure prints its end.
+        log = open(Path(folder) / "search.log", "wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "medsearch_search"],
             env=env,
@@ -158,6 +159,9 @@ def through_the_service(vectors: NDArray[np.float32], attributes: list[Any]) -> 
             read_s = time.perf_counter() - started
             answer.raise_for_status()
             body = answer.json()
+        except Exception:
+            print((Path(folder) / "search.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
