@@ -3,8 +3,11 @@
 MedSearch runs as `make run` starts it (embedded PostgreSQL and Milvus server, the services
 under the supervisor, `random:42`) with the 303 NIH images ingested. Each client loops, until
 the time is up, over a mix of what users do: a search with an uploaded X-ray (50 %), more like
-this of an indexed image (25 %), adding a new image (15 %: a shared PNG with a few random
-pixels changed, so its bytes are new) and deleting one this soak added (10 %).
+this of an indexed image (25 %), adding a new image (12.5 %: a shared PNG with a few random
+pixels changed, so its bytes are new) and deleting one this soak added (12.5 %; an add when
+there is none yet). Adds and deletes balance so that the data held stays level: with the
+collection growing, the Milvus engine's memory grows with the rows written, which is data, not
+a leak (a 30-minute run of that kind: bench-results/soak_growing.json, README).
 
 Pass: no error but clean 503s with `Retry-After` (the embedder's queue full); the memory of
 every program flat (the mean resident size of the last third of the run within 10 % of the

@@ -13,13 +13,28 @@
 // For tests and measurements the canvas keeps what it drew: data-scale, data-offset-x and
 // data-offset-y (CSS px: screen = offset + scale × the point's unit-square coordinate),
 // data-points (the points drawn) and data-draw-ms (the last redraw's time).
+//
+// The map's data (the typed map, its colourings, the grid index, the lasso's polygon test, a
+// point's attributes) comes from the pure functions of mapdata.js; this module is the page: its
+// state, its requests, its drawing and its DOM.
 
 import { fetchJson } from "./http.js";
-import { ageText, byId, el, findingsText, formatDate, plural, text } from "./dom.js";
+import { byId, el, formatDate, plural, text } from "./dom.js";
 import { runRequest, showError } from "./messages.js";
 import { formatCount } from "./charts.js";
 import { csvText, download } from "./export.js";
 import { imageHash } from "./results.js";
+import {
+  BACKGROUND,
+  FIELD_NAMES,
+  attributeRows,
+  attributesOf,
+  colouring,
+  inPolygon,
+  packed,
+  prepareMap,
+  visitBox,
+} from "./mapdata.js";
 
 const POLL_MS = 2000; // a running job is asked for its progress this often
 const HOVER_PX = 6; // how near the pointer a point must be to count as under it
@@ -31,21 +46,6 @@ const ZOOM_STEP = 1.5;
 const PAN_STEP_PX = 60;
 const WHEEL_RATE = 0.002; // the wheel zooms by e^(-rate × pixels scrolled)
 const LISTED = 60; // selected images shown as thumbnails
-// Paul Tol's "muted" qualitative scheme: nine colours that stay apart for colour-blind eyes too,
-// the darker first. The most frequent categories get them; the rest share the grey of "other".
-const PALETTE = ["#332288", "#cc6677", "#117733", "#882255", "#44aa99", "#999933", "#aa4499", "#88ccee", "#ddcc77"];
-const OTHER_COLOUR = "#bbbbbb";
-const BACKGROUND = "#ffffff";
-const FADE = 0.7; // how far points outside a selection fade toward the background
-const AGE_BANDS = [
-  { key: "0-19", label: "0–19", below: 20 },
-  { key: "20-39", label: "20–39", below: 40 },
-  { key: "40-59", label: "40–59", below: 60 },
-  { key: "60-79", label: "60–79", below: 80 },
-  { key: "80+", label: "80+", below: Infinity },
-];
-const SEX_NAMES = { M: "Male (M)", F: "Female (F)", O: "Other (O)" };
-const FIELD_NAMES = { finding: "finding", dataset: "dataset", sex: "sex", view_position: "view position", age: "age band" };
 const JOB_ENDS = { failed: "failed", interrupted: "was interrupted" };
 
 const ui = {
@@ -79,7 +79,7 @@ const ui = {
 };
 
 const state = {
-  map: null, // the map as drawn (see prepare)
+  map: null, // the map as drawn (see prepareMap)
   loading: false,
   job: null, // the last map job seen
   pollTimer: 0,
@@ -249,7 +249,7 @@ function showMap(answer) {
   if (same) {
     state.map.meta = meta;
   } else {
-    state.map = prepare(meta, points, fields);
+    state.map = prepareMap(meta, points, fields);
     state.selection = null;
     state.hover = -1;
     hideSearch();
@@ -263,27 +263,6 @@ function showMap(answer) {
   renderChanges();
   renderJob();
   recolour();
-}
-
-/** Typed columns of the map, its bounds and its grid index. */
-function prepare(meta, points, fields) {
-  const ids = points.id || [];
-  const x = Float64Array.from(points.x || []);
-  const y = Float64Array.from(points.y || []);
-  const n = Math.min(ids.length, x.length, y.length);
-  let minX = Infinity;
-  let minY = Infinity;
-  let maxX = -Infinity;
-  let maxY = -Infinity;
-  for (let i = 0; i < n; i++) {
-    if (x[i] < minX) minX = x[i];
-    if (x[i] > maxX) maxX = x[i];
-    if (y[i] < minY) minY = y[i];
-    if (y[i] > maxY) maxY = y[i];
-  }
-  const bounds = n ? { minX, minY, maxX, maxY } : { minX: 0, minY: 0, maxX: 1, maxY: 1 };
-  const grid = gridIndex(x, y, n, bounds);
-  return { meta, ids, n, x, y, fields: fields || {}, bounds, grid, positions: null, colourings: new Map() };
 }
 
 function renderSummary() {
@@ -332,106 +311,7 @@ function percent(fraction) {
   return `${Math.round(fraction * 1000) / 10}%`;
 }
 
-// ---- colours and the legend ----
-
-/** The category of each point by `field`: {codes: category per point, categories: [{key, label}], ordered}. */
-function categoriesOf(map, field) {
-  const fields = map.fields;
-  const codes = new Uint32Array(map.n);
-  if (field === "age") {
-    const ages = fields.age || [];
-    const unknown = AGE_BANDS.length;
-    for (let i = 0; i < map.n; i++) {
-      const age = ages[i];
-      codes[i] = typeof age === "number" && age >= 0 ? AGE_BANDS.findIndex((band) => age < band.below) : unknown;
-    }
-    return { codes, categories: [...AGE_BANDS, { key: "unknown", label: "Unknown" }], ordered: true };
-  }
-  if (field === "finding") {
-    const column = fields.findings || { values: [], codes: [] };
-    const values = column.values || [];
-    const none = values.length;
-    for (let i = 0; i < map.n; i++) {
-      const found = column.codes[i] || [];
-      codes[i] = found.length === 0 ? none : found.length === 1 ? found[0] : none + 1;
-    }
-    const categories = values.map((value) => ({ key: value, label: text(value) }));
-    categories.push({ key: "(none)", label: "No finding" }, { key: "(several)", label: "Several findings" });
-    return { codes, categories, ordered: false };
-  }
-  const column = fields[field] || { values: [], codes: [] };
-  codes.set((column.codes || []).slice(0, map.n));
-  const categories = (column.values || []).map((value) => ({
-    key: value ?? "unknown",
-    label: value === null || value === undefined ? "Unknown" : field === "sex" ? SEX_NAMES[value] || value : String(value),
-  }));
-  return { codes, categories, ordered: false };
-}
-
-/**
- * The map coloured by `field`, made once per map and field: the legend's entries
- * ({key, label, count, colour}), each point's entry, the drawing order (the grey "other" first,
- * then the largest categories: the small ones stay visible on top) and the packed colours.
- */
-function colouring(map, field) {
-  if (map.colourings.has(field)) return map.colourings.get(field);
-  const { codes, categories, ordered } = categoriesOf(map, field);
-  const counts = new Array(categories.length).fill(0);
-  for (let i = 0; i < map.n; i++) counts[codes[i]] += 1;
-  const present = categories.map((category, at) => ({ ...category, at, count: counts[at] })).filter((c) => c.count > 0);
-  if (!ordered) present.sort((a, b) => b.count - a.count || a.label.localeCompare(b.label));
-  const coloured = present.length <= PALETTE.length + 1 ? present.length : PALETTE.length;
-  const entries = present.slice(0, coloured).map((category, rank) => ({
-    key: category.key,
-    label: category.label,
-    count: category.count,
-    colour: PALETTE[rank] || OTHER_COLOUR,
-    categories: [category.at],
-  }));
-  const rest = present.slice(coloured);
-  if (rest.length) {
-    entries.push({
-      key: "(other)",
-      label: `Other (${plural(rest.length, "more value")})`,
-      count: rest.reduce((sum, category) => sum + category.count, 0),
-      colour: OTHER_COLOUR,
-      categories: rest.map((category) => category.at),
-    });
-  }
-  const entryOfCategory = new Uint8Array(categories.length);
-  entries.forEach((entry, at) => entry.categories.forEach((category) => (entryOfCategory[category] = at)));
-  const entryOf = new Uint8Array(map.n);
-  for (let i = 0; i < map.n; i++) entryOf[i] = entryOfCategory[codes[i]];
-
-  // Drawing order by counting sort: grey first, then the entries from most to fewest points.
-  const layers = entries.map((entry, at) => at).sort((a, b) =>
-    (entries[b].colour === OTHER_COLOUR) - (entries[a].colour === OTHER_COLOUR) || entries[b].count - entries[a].count);
-  const layerOf = new Uint8Array(entries.length);
-  layers.forEach((entry, layer) => (layerOf[entry] = layer));
-  const starts = new Uint32Array(entries.length + 1);
-  for (const entry of layers) starts[layerOf[entry] + 1] = entries[entry].count;
-  for (let layer = 0; layer < entries.length; layer++) starts[layer + 1] += starts[layer];
-  const order = new Uint32Array(map.n);
-  for (let i = 0; i < map.n; i++) order[starts[layerOf[entryOf[i]]]++] = i;
-
-  const full = Uint32Array.from(entries, (entry) => packed(entry.colour, 0));
-  const faded = Uint32Array.from(entries, (entry) => packed(entry.colour, FADE));
-  const made = { field, entries, entryOf, order, full, faded };
-  map.colourings.set(field, made);
-  return made;
-}
-
-/** A "#rrggbb" colour as one ImageData word (RGBA bytes, little-endian), faded toward the background. */
-function packed(colour, fade) {
-  const [r, g, b] = rgb(colour);
-  const [br, bg, bb] = rgb(BACKGROUND);
-  const mix = (value, toward) => Math.round(value + (toward - value) * fade);
-  return ((255 << 24) | (mix(b, bb) << 16) | (mix(g, bg) << 8) | mix(r, br)) >>> 0;
-}
-
-function rgb(colour) {
-  return [1, 3, 5].map((at) => parseInt(colour.slice(at, at + 2), 16));
-}
+// ---- the colour field and its legend ----
 
 function recolour() {
   const map = state.map;
@@ -667,39 +547,11 @@ function markerAt(context, x, y, number) {
   }
 }
 
-// ---- the grid index: which points lie in a box of the unit square ----
+// ---- pointer and keys ----
 
-function gridIndex(x, y, n, bounds) {
-  const cells = Math.max(16, Math.min(512, Math.ceil(Math.sqrt(n / 4))));
-  const span = Math.max(bounds.maxX - bounds.minX, bounds.maxY - bounds.minY) || 1;
-  const grid = { cells, minX: bounds.minX, minY: bounds.minY, span };
-  grid.starts = new Uint32Array(cells * cells + 1); // cell c holds members[starts[c]..starts[c + 1])
-  grid.members = new Uint32Array(n);
-  const cellOf = new Uint32Array(n);
-  for (let i = 0; i < n; i++) {
-    cellOf[i] = cellRow(grid, y[i], grid.minY) * cells + cellRow(grid, x[i], grid.minX);
-    grid.starts[cellOf[i] + 1] += 1;
-  }
-  for (let c = 0; c < cells * cells; c++) grid.starts[c + 1] += grid.starts[c];
-  const next = grid.starts.slice(0, -1);
-  for (let i = 0; i < n; i++) grid.members[next[cellOf[i]]++] = i;
-  return grid;
-}
-
-function cellRow(grid, value, low) {
-  return Math.min(grid.cells - 1, Math.max(0, Math.floor(((value - low) / grid.span) * grid.cells)));
-}
-
-/** Calls `visit(i)` for each point in the cells that cover the box [u0, u1] × [v0, v1]. */
-function visitBox(grid, u0, v0, u1, v1, visit) {
-  const columns = [cellRow(grid, u0, grid.minX), cellRow(grid, u1, grid.minX)];
-  const rows = [cellRow(grid, v0, grid.minY), cellRow(grid, v1, grid.minY)];
-  for (let row = rows[0]; row <= rows[1]; row++) {
-    for (let column = columns[0]; column <= columns[1]; column++) {
-      const cell = row * grid.cells + column;
-      for (let k = grid.starts[cell]; k < grid.starts[cell + 1]; k++) visit(grid.members[k]);
-    }
-  }
+function local(event) {
+  const box = ui.canvas.getBoundingClientRect();
+  return [event.clientX - box.left, event.clientY - box.top];
 }
 
 /** The point nearest (sx, sy) (CSS px on the canvas) within HOVER_PX, or -1. */
@@ -720,13 +572,6 @@ function pointAt(sx, sy) {
     }
   });
   return best;
-}
-
-// ---- pointer and keys ----
-
-function local(event) {
-  const box = ui.canvas.getBoundingClientRect();
-  return [event.clientX - box.left, event.clientY - box.top];
 }
 
 function press(event) {
@@ -857,31 +702,6 @@ function thumbnailUrl(id) {
   return `/api/v1/images/${encodeURIComponent(String(id))}/thumbnail`;
 }
 
-/** Point `i`'s metadata as the map has it (values, not markup). */
-function attributesOf(map, i) {
-  const fields = map.fields;
-  const coded = (name) => {
-    const column = fields[name];
-    return column && column.values ? column.values[column.codes[i]] : null;
-  };
-  const findings = fields.findings ? (fields.findings.codes[i] || []).map((code) => fields.findings.values[code]) : null;
-  return {
-    dataset: coded("dataset"),
-    sex: coded("sex"),
-    age: fields.age ? fields.age[i] : null,
-    view_position: coded("view_position"),
-    findings,
-  };
-}
-
-function attributeRows(attributes) {
-  return [
-    ["Dataset", text(attributes.dataset)],
-    ["Age/sex/view", [ageText(attributes.age), text(attributes.sex), text(attributes.view_position)].join(" · ")],
-    ["Findings", findingsText(attributes.findings)],
-  ];
-}
-
 // ---- the lasso's selection ----
 
 /** Selects the points inside `path` (CSS px on the canvas), closed back to its start. */
@@ -911,19 +731,6 @@ function select(path) {
   state.selection = { indices, inside, polygon };
   renderSelection();
   requestDraw();
-}
-
-/** Whether (u, v) lies inside the polygon [u0, v0, u1, v1, ...] (even-odd crossings). */
-function inPolygon(flat, u, v) {
-  let inside = false;
-  for (let a = 0, b = flat.length - 2; a < flat.length; b = a, a += 2) {
-    const ua = flat[a];
-    const va = flat[a + 1];
-    const ub = flat[b];
-    const vb = flat[b + 1];
-    if (va > v !== vb > v && u < ((ub - ua) * (v - va)) / (vb - va) + ua) inside = !inside;
-  }
-  return inside;
 }
 
 function renderSelection() {
