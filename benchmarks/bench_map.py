@@ -165,6 +165,7 @@ def through_the_service(vectors: NDArray[np.float32], attributes: list[Any]) -> 
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
+            log.close()
             engine.stop()
     order = np.argsort(body["points"]["id"])
     xy = np.column_stack([body["points"]["x"], body["points"]["y"]])[order]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -167,20 +168,33 @@ def test_an_empty_or_broken_body_is_400(stack: Stack) -> None:
         assert "JSON" in response.json()["detail"]
 
 
-def test_split_files_flag_the_cluster_that_crosses_them(
-    stack: Stack, planted: Planted, tmp_path: Path
-) -> None:
-    (tmp_path / "train.txt").write_text(planted.external_ids["B"] + "\n" + planted.external_ids["A"] + "\n")
-    (tmp_path / "test.txt").write_text(planted.external_ids["B1"] + "\n")
-    out = tmp_path / "duplicates.csv"
-    found = medsearch(
+def with_splits(
+    stack: Stack, folder: Path, train: list[str], test: list[str], out: Path
+) -> subprocess.CompletedProcess[str]:
+    """`medsearch duplicates` as a reader, with a train and a test split file listing these names."""
+    (folder / "train.txt").write_text("".join(f"{name}\n" for name in train))
+    (folder / "test.txt").write_text("".join(f"{name}\n" for name in test))
+    return medsearch(
         stack,
         "duplicates",
-        "--split", f"train={tmp_path / 'train.txt'}",
-        "--split", f"test={tmp_path / 'test.txt'}",
+        "--split", f"train={folder / 'train.txt'}",
+        "--split", f"test={folder / 'test.txt'}",
         "--out", str(out),
         role="reader",
     )  # fmt: skip
+
+
+def test_split_files_flag_the_cluster_that_crosses_them(
+    stack: Stack, planted: Planted, tmp_path: Path
+) -> None:
+    out = tmp_path / "duplicates.csv"
+    found = with_splits(
+        stack,
+        tmp_path,
+        [planted.external_ids["B"], planted.external_ids["A"]],
+        [planted.external_ids["B1"]],
+        out,
+    )
     assert found.returncode == 0, found.stderr
     rows = csv_rows(out.read_text())
     kinds = {(int(row["a"]), int(row["b"])): row["cluster_kinds"] for row in rows}
@@ -261,17 +275,10 @@ def test_a_threshold_outside_0_to_1_is_exit_2(stack: Stack, threshold: str) -> N
 def test_split_files_naming_unknown_images_are_exit_2_before_any_scan(
     stack: Stack, planted: Planted, tmp_path: Path
 ) -> None:
-    (tmp_path / "train.txt").write_text(f"{planted.external_ids['A']}\nno-such-image.png\n")
-    (tmp_path / "test.txt").write_text("not-here-either.png\n")
     out = tmp_path / "duplicates.csv"
-    result = medsearch(
-        stack,
-        "duplicates",
-        "--split", f"train={tmp_path / 'train.txt'}",
-        "--split", f"test={tmp_path / 'test.txt'}",
-        "--out", str(out),
-        role="reader",
-    )  # fmt: skip
+    result = with_splits(
+        stack, tmp_path, [planted.external_ids["A"], "no-such-image.png"], ["not-here-either.png"], out
+    )
     assert result.returncode == 2, result.stderr
     assert "the split files name 2 image(s) the collection does not have" in result.stderr
     assert "no-such-image.png, not-here-either.png" in result.stderr

@@ -84,6 +84,7 @@ class MapJobs:
         self.layout_timeout_s = layout_timeout_s
         self._lock = threading.Lock()
         self._running: dict[str, threading.Thread] = {}
+        self._loaded: dict[str, tuple[int, StoredMap]] = {}  # by collection: (file version, map)
 
     def start(self, collection: Collection, *, automatic: bool = False) -> MapJob:
         with self._lock:
@@ -125,29 +126,37 @@ class MapJobs:
         return job
 
     def wait(self, model_id: str, timeout_s: float) -> None:
-        """Until the model's running job ends (for tests and the CLI's foreground runs)."""
+        """Until the model's running job ends (for tests)."""
         thread = self._running.get(model_id)
         if thread is not None:
             thread.join(timeout_s)
 
     def stored(self, collection: Collection) -> StoredMap:
+        """The last finished map, read from its file once per version of the file (a map is
+        read far more often than made: 112k points take ~1 s to load)."""
+        path = self._path(collection, "map.npz")
         try:
-            with np.load(self._path(collection, "map.npz"), allow_pickle=False) as saved:
-                meta = json.loads(str(saved["meta"]))
-                offsets = saved["finding_offsets"]
-                findings = [str(value) for value in saved["findings"]]
-                attributes = PointAttributes(
-                    dataset=saved["dataset"].tolist(),
-                    sex=saved["sex"].tolist(),
-                    view_position=saved["view_position"].tolist(),
-                    age=[None if age == UNKNOWN_AGE else int(age) for age in saved["age"]],
-                    findings=[findings[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)],
-                )
-                return StoredMap(meta, saved["ids"], saved["xy"], attributes)
+            version = path.stat().st_mtime_ns
         except FileNotFoundError:
             raise MapNotFound(
                 f"no map was made for model {collection.model_id} yet: start a map job"
             ) from None
+        cached = self._loaded.get(collection.name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        with np.load(path, allow_pickle=False) as saved:
+            offsets = saved["finding_offsets"]
+            findings = [str(value) for value in saved["findings"]]
+            attributes = PointAttributes(
+                dataset=saved["dataset"].tolist(),
+                sex=saved["sex"].tolist(),
+                view_position=saved["view_position"].tolist(),
+                age=[None if age == UNKNOWN_AGE else int(age) for age in saved["age"]],
+                findings=[findings[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)],
+            )
+            stored = StoredMap(json.loads(str(saved["meta"])), saved["ids"], saved["xy"], attributes)
+        self._loaded[collection.name] = (version, stored)
+        return stored
 
     def changes(self, collection: Collection, stored: StoredMap) -> dict[str, Any]:
         """Images added and deleted since the map (IDs only grow: new ones are above its highest),
@@ -226,10 +235,7 @@ class MapJobs:
         covariance = Covariance(collection.dim)
         ids: list[int] = []
         attributes: list[Attributes] = []
-        for batch_ids, vectors, batch_attributes in self.store.scan(
-            collection, _READ_BATCH, vectors=True, attributes=True
-        ):
-            assert vectors is not None and batch_attributes is not None
+        for batch_ids, vectors, batch_attributes in self.store.scan(collection, _READ_BATCH):
             covariance.add(vectors)
             ids += batch_ids
             attributes += batch_attributes

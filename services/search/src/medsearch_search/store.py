@@ -321,11 +321,10 @@ class MilvusStore:
         return [int(row["id"]) for row in rows], vectors
 
     def scan(
-        self, collection: Collection, batch_size: int, *, vectors: bool, attributes: bool
-    ) -> Iterator[tuple[list[int], NDArray[np.float32] | None, list[Attributes] | None]]:
-        """Every stored row, `batch_size` at a time (Milvus pages past its 16,384-row cap):
-        IDs, and if asked a matrix of vectors and the attributes."""
-        fields = ["id", *(["vector"] if vectors else []), *(ATTRIBUTE_FIELDS if attributes else ())]
+        self, collection: Collection, batch_size: int
+    ) -> Iterator[tuple[list[int], NDArray[np.float32], list[Attributes]]]:
+        """Every stored row, `batch_size` at a time (Milvus pages past its 16,384-row cap): the
+        IDs, their vectors as rows of a matrix, and their attributes."""
         level = self._level(collection, "session")
         pages = self._call(
             "read vectors",
@@ -333,7 +332,7 @@ class MilvusStore:
                 collection.name,
                 batch_size=batch_size,
                 filter="",
-                output_fields=fields,
+                output_fields=["id", "vector", *ATTRIBUTE_FIELDS],
                 timeout=self._timeout,
                 consistency_level=level,
             ),
@@ -341,15 +340,12 @@ class MilvusStore:
         )
         try:
             while rows := self._call("read vectors", lambda c: pages.next(), collection):
-                ids = [int(row["id"]) for row in rows]
-                matrix = (
-                    np.asarray([row["vector"] for row in rows], dtype=np.float32).reshape(
-                        len(rows), collection.dim
-                    )
-                    if vectors
-                    else None
+                matrix = np.asarray([row["vector"] for row in rows], dtype=np.float32)
+                yield (
+                    [int(row["id"]) for row in rows],
+                    matrix.reshape(len(rows), collection.dim),
+                    [Attributes.from_row(dict(row)) for row in rows],
                 )
-                yield ids, matrix, [Attributes.from_row(dict(row)) for row in rows] if attributes else None
         finally:
             pages.close()
 
