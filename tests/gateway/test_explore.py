@@ -27,7 +27,7 @@ from medsearch_common.vectors import unpack_vector
 from medsearch_gateway.app import create_app
 from medsearch_gateway.exploring import MAX_EXAMPLES, NEGATIVE_WEIGHT, POSITIVE_WEIGHT, rocchio
 from tests.gateway.conftest import HTTP_TIMEOUT_S, Indexed, Stack, medsearch
-from tests.gateway.test_openapi import OPENAPI, UNKNOWN_ID, gateway_settings, problem, signed_in
+from tests.gateway.test_openapi import OPENAPI, UNKNOWN_ID, fresh_png, gateway_settings, problem, signed_in
 
 pytestmark = pytest.mark.integration
 
@@ -219,6 +219,14 @@ def test_maps_of_an_uploaded_region_and_a_missing_result(
         ({"query_id": "{a}", "region": "900,900,1200,1200"}, 422, "image-rejected", "not inside"),
         ({"query_id": "{a}", "region": "0,0,40,300"}, 422, "image-rejected", "at least 64 px"),
         ({"query_id": str(UNKNOWN_ID)}, 404, "image-not-found", str(UNKNOWN_ID)),
+        (
+            {"positive": "{b}", "negative": f"{{a}},{UNKNOWN_ID}"},
+            422,
+            "example-not-found",
+            f"negative image {UNKNOWN_ID} is not",
+        ),
+        # One read fetches the query's vector and the marks': the query's absence is told first.
+        ({"query_id": str(UNKNOWN_ID), "positive": "{b}"}, 404, "image-not-found", str(UNKNOWN_ID)),
     ],
 )
 def test_a_bad_steered_search_is_a_problem_that_says_what_is_wrong(
@@ -229,6 +237,29 @@ def test_a_bad_steered_search_is_a_problem_that_says_what_is_wrong(
     }
     body = problem(post(gateway, SEARCH, **filled), SEARCH, "post", status, kind)
     assert words in body["detail"], body["detail"]
+
+
+def test_an_image_without_a_vector_is_refused_as_query_or_example(
+    gateway: FlaskClient, stack: Stack, indexed: list[Indexed]
+) -> None:
+    added = requests.post(  # stored in the catalog directly: an image not indexed yet
+        f"{stack.urls['catalog']}/v1/images",
+        files={"file": ("a.png", fresh_png())},
+        data={"metadata": json.dumps({"dataset": "explore-pending"})},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert added.status_code == 201, added.text
+    pending, a = added.json()["id"], indexed[0].image_id
+    try:
+        for fields, words in (
+            ({"query_id": pending, "positive": a}, f"image {pending} has no vector"),
+            ({"positive": f"{a},{pending}"}, f"positive image {pending} has no vector"),
+            ({"query_id": a, "negative": pending}, f"negative image {pending} has no vector"),
+        ):
+            body = problem(post(gateway, SEARCH, **fields), SEARCH, "post", 409, "not-indexed")
+            assert words in body["detail"], body["detail"]
+    finally:
+        requests.delete(f"{stack.urls['catalog']}/v1/images/{pending}", timeout=HTTP_TIMEOUT_S)
 
 
 def test_an_upload_and_a_query_id_together_are_refused(gateway: FlaskClient, indexed: list[Indexed]) -> None:

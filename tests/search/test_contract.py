@@ -281,15 +281,26 @@ def test_a_delete_is_gone_from_the_very_next_search(search: FlaskClient, model_i
 
 
 def test_a_get_sees_the_write_and_the_delete_just_before_it(search: FlaskClient, model_id: str) -> None:
-    """Gets read at session consistency (not the collection's strong default, which waits for a
-    time tick): each must still see the upsert and the delete this service acknowledged just before."""
+    """Gets and batched reads are at session consistency (not the collection's strong default,
+    which waits for a time tick): each must still see the upsert and the delete this service
+    acknowledged just before."""
     vectors = unit_vectors(8, 16, seed=47)
     for i, vector in enumerate(vectors, start=1):
         assert upsert(search, model_id, [{"id": i, "vector": vector.tolist()}]).status_code == 200
         got = search.get(f"/v1/models/{model_id}/vectors/{i}")
         assert got.status_code == 200 and np.allclose(got.json["vector"], vector, atol=1e-6)  # type: ignore[index]
+        [read] = read_vectors(search, model_id, [i])["vectors"]
+        assert np.allclose(np.frombuffer(base64.b64decode(read["vector"]), dtype="<f4"), vector, atol=1e-6)
         assert search.delete(f"/v1/models/{model_id}/vectors/{i}").status_code == 204
         assert search.get(f"/v1/models/{model_id}/vectors/{i}").status_code == 404
+        assert read_vectors(search, model_id, [i]) == {"vectors": [], "missing": [i]}
+
+
+def read_vectors(client: FlaskClient, model_id: str, ids: list[int]) -> Any:
+    """The batched read: several vectors (packed) in one call, and the IDs that hold none."""
+    response = client.get(f"/v1/models/{model_id}/vectors", query_string={"ids": ",".join(map(str, ids))})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.json
 
 
 def vector_ids(client: FlaskClient, model_id: str, first: int, end: int) -> list[int]:

@@ -9,6 +9,7 @@ the document lists, and a test holds the table and the document to each other.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import socket
 import tomllib
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
@@ -268,6 +270,14 @@ def expect_no_ids(c: Clients, body: Any) -> None:
     assert body == {"ids": []}
 
 
+def expect_read_in_order(c: Clients, body: Any) -> None:
+    assert [item["id"] for item in body["vectors"]] == [3, 1]
+    assert body["missing"] == [999]
+    for item in body["vectors"]:
+        vector = np.frombuffer(base64.b64decode(item["vector"]), dtype="<f4")
+        np.testing.assert_allclose(vector, VECTORS_STORED[item["id"] - 1], atol=1e-6)
+
+
 def expect_every_stored_vector_scanned(c: Clients, body: Any) -> None:
     assert body["vectors"] == len(ITEMS)
     assert all(a < b and score >= 1e-9 for a, b, score in body["pairs"])
@@ -311,6 +321,14 @@ CASES: list[Case] = [
         200,
         lambda c: c.search.get(at(VECTOR, c.model_id, 2)),
         expect=expect_unknown_attributes,
+    ),
+    Case(
+        "read several vectors",
+        VECTORS,
+        "get",
+        200,
+        lambda c: c.search.get(at(VECTORS, c.model_id), query_string={"ids": "3, 1,999,3"}),
+        expect=expect_read_in_order,
     ),
     Case("delete a vector", VECTOR, "delete", 204, delete_stored),
     Case(
@@ -395,6 +413,33 @@ CASES: list[Case] = [
         "vector id",
     ),
     Case(
+        "read without ids",
+        VECTORS,
+        "get",
+        400,
+        lambda c: c.search.get(at(VECTORS, c.model_id)),
+        "invalid-request",
+        "ids is required",
+    ),
+    Case(
+        "read of a non-ID",
+        VECTORS,
+        "get",
+        400,
+        lambda c: c.search.get(at(VECTORS, c.model_id), query_string={"ids": "1,x"}),
+        "invalid-request",
+        "vector id is a positive integer",
+    ),
+    Case(
+        "read of more IDs than the limit",
+        VECTORS,
+        "get",
+        400,
+        lambda c: c.limited.get(at(VECTORS, c.model_id), query_string={"ids": "1,2,3"}),
+        "invalid-request",
+        "3 vector IDs in one read; the limit is 2",
+    ),
+    Case(
         "vector ids of an empty range",
         VECTOR_IDS,
         "get",
@@ -437,6 +482,15 @@ CASES: list[Case] = [
         "get",
         404,
         lambda c: c.search.get(at(VECTOR, new_model_id(), 1)),
+        "model-not-found",
+        "no vectors were ever stored",
+    ),
+    Case(
+        "read of an unknown model",
+        VECTORS,
+        "get",
+        404,
+        lambda c: c.search.get(at(VECTORS, new_model_id()), query_string={"ids": "1"}),
         "model-not-found",
         "no vectors were ever stored",
     ),
@@ -550,6 +604,14 @@ CASES: list[Case] = [
         "about:blank",
     ),
     Case(
+        "unplanned failure: read",
+        VECTORS,
+        "get",
+        500,
+        lambda c: c.broken.get(at(VECTORS, c.model_id), query_string={"ids": "1,2"}),
+        "about:blank",
+    ),
+    Case(
         "unplanned failure: delete",
         VECTOR,
         "delete",
@@ -618,6 +680,15 @@ CASES: list[Case] = [
         "get",
         503,
         lambda c: c.down.get(at(VECTOR, c.model_id, 1)),
+        "milvus-unavailable",
+        "Milvus",
+    ),
+    Case(
+        "milvus down: read",
+        VECTORS,
+        "get",
+        503,
+        lambda c: c.down.get(at(VECTORS, c.model_id), query_string={"ids": "1,2"}),
         "milvus-unavailable",
         "Milvus",
     ),

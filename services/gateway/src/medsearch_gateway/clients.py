@@ -372,6 +372,19 @@ class SearchClient:
             raise
         return pack_vector(body["vector"])
 
+    def vectors(self, model_id: str, image_ids: Sequence[int]) -> dict[int, PackedVector]:
+        """The stored vectors of several images in one read (those that have one); none at all
+        when nothing was ever indexed for the model."""
+        try:
+            body = self.client.get_json(
+                f"/v1/models/{model_id}/vectors", params={"ids": ",".join(map(str, image_ids))}
+            )
+        except UpstreamRejected as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        return {int(item["id"]): item["vector"] for item in body["vectors"]}
+
     def upsert(self, model_id: str, items: Sequence[tuple[ImageRecord, PackedVector]]) -> None:
         """Every image's vector with the attributes searches filter on, in one call."""
         self.client.request(

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,7 +39,7 @@ NEGATIVE_WEIGHT = 0.25
 MAX_EXAMPLES = 20
 # Results one maps request may pair with its query (the embedder's limit).
 MAX_MAP_RESULTS = 16
-# Vectors and files fetched at once from the search service and the catalog.
+# Reads made beside a request's own work: stored vectors, and files from the catalog.
 _FETCHES_AT_ONCE = 8
 
 
@@ -128,8 +128,11 @@ class Explorer:
     ) -> tuple[ActiveModel, list[Hit]]:
         steering.check(has_upload=upload is not None)
         model = self.embedder.model()
-        start = self._query_vector(model, upload, steering)
-        examples = self._examples(model, steering)
+        # The stored vectors it needs (a stored query's, the marked images') come in one read,
+        # made while an upload or a region is embedded.
+        stored = self._fetcher.submit(self._stored_vectors, model, steering)
+        start = self._query_vector(model, upload, steering, stored)
+        examples = self._examples(model, steering, stored.result())
         positive = [vector for vector, sign in examples if sign > 0]
         negative = [vector for vector, sign in examples if sign < 0]
         if steering.positive or steering.negative:
@@ -188,8 +191,19 @@ class Explorer:
     def close(self) -> None:
         self._fetcher.shutdown(wait=False, cancel_futures=True)
 
+    def _stored_vectors(self, model: ActiveModel, steering: Steering) -> dict[int, PackedVector]:
+        """What the search reads from the search service, by image ID."""
+        wanted = [*steering.positive, *steering.negative]
+        if steering.query_id is not None and steering.region is None:  # a region is embedded anew
+            wanted.insert(0, steering.query_id)
+        return self.search_service.vectors(model.model_id, wanted) if wanted else {}
+
     def _query_vector(
-        self, model: ActiveModel, upload: Upload | None, steering: Steering
+        self,
+        model: ActiveModel,
+        upload: Upload | None,
+        steering: Steering,
+        stored: Future[dict[int, PackedVector]],
     ) -> PackedVector | None:
         if upload is not None:
             return self.embedder.embed(upload, steering.region)[0]
@@ -197,20 +211,20 @@ class Explorer:
             return None
         if steering.region is not None:
             return self.embedder.embed(self._stored_upload(steering.query_id), steering.region)[0]
-        vector = self.search_service.vector(model.model_id, steering.query_id)
+        vector = stored.result().get(steering.query_id)
         if vector is None:
             self.catalog.image(steering.query_id)  # ImageNotFound when it does not exist at all
             raise NotIndexed(f"image {steering.query_id} has no vector for model {model.model_id} yet")
         return vector
 
-    def _examples(self, model: ActiveModel, steering: Steering) -> list[tuple[NDArray[np.float32], int]]:
+    def _examples(
+        self, model: ActiveModel, steering: Steering, stored: dict[int, PackedVector]
+    ) -> list[tuple[NDArray[np.float32], int]]:
         """Each marked image's stored vector, with +1 for positive and -1 for negative."""
         marked = [(image_id, 1) for image_id in steering.positive] + [(i, -1) for i in steering.negative]
-        vectors = list(
-            self._fetcher.map(lambda item: self.search_service.vector(model.model_id, item[0]), marked)
-        )
         examples = []
-        for (image_id, sign), vector in zip(marked, vectors, strict=True):
+        for image_id, sign in marked:
+            vector = stored.get(image_id)
             if vector is None:
                 kind = "positive" if sign > 0 else "negative"
                 try:

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from medsearch_common.validation import id_range_in_query
+from medsearch_common.vectors import pack_vector
 from medsearch_search.errors import InvalidRequest
 from medsearch_search.service import SearchService, parse_vector_id
 
@@ -35,6 +36,20 @@ def get_model(model_id: str) -> Response:
 @blueprint.put("/models/<model_id>/vectors")
 def upsert_vectors(model_id: str) -> Response:
     return jsonify(upserted=_service().upsert(model_id, _json_body()))
+
+
+@blueprint.get("/models/<model_id>/vectors")
+def read_vectors(model_id: str) -> Response:
+    """Several vectors in one read, packed (base64 of little-endian float32), with the IDs
+    that hold none."""
+    unknown = sorted(set(request.args) - {"ids"})
+    if unknown:
+        raise InvalidRequest(f"unknown parameter(s): {', '.join(unknown)[:200]}; known: ids")
+    found, missing = _service().read(model_id, request.args.get("ids"))
+    return jsonify(
+        vectors=[{"id": i, "vector": pack_vector(vector.tolist())} for i, vector in found.items()],
+        missing=missing,
+    )
 
 
 @blueprint.get("/models/<model_id>/vectors/<vector_id>")

@@ -107,6 +107,17 @@ class SearchService:
             raise VectorNotFound(f"model {model_id} has no vector with id {vector_id}")
         return stored
 
+    def read(self, model_id: str, raw_ids: str | None) -> tuple[dict[int, NDArray[np.float32]], list[int]]:
+        """Several stored vectors in one Milvus read (what a refined search needs of its marked
+        images): those found by ID, and the asked IDs that hold none, each in the order asked."""
+        check_model_id(model_id)
+        ids = parse_vector_ids(raw_ids, self.settings.max_queries)
+        found_ids, vectors = self._on_collection(
+            model_id, lambda c: self.store.vectors(c, ids), missing=lambda: _no_model(model_id)
+        )
+        read = dict(zip(found_ids, vectors, strict=True))
+        return {i: read[i] for i in ids if i in read}, [i for i in ids if i not in read]
+
     def vector_ids(self, model_id: str, first: int, end: int) -> list[int]:
         """The IDs in [first, end) that hold a vector, ascending; none for a model never written."""
         check_model_id(model_id)
@@ -308,6 +319,16 @@ def parse_vector_id(raw: str) -> int:
     if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= _MAX_ID:
         raise InvalidRequest(f"a vector id is a positive integer (the catalog's image id), got {raw[:40]!r}")
     return int(raw)
+
+
+def parse_vector_ids(raw: str | None, limit: int) -> list[int]:
+    """The `ids` query parameter of a batched read: comma-separated vector IDs, repeats once."""
+    if not raw:
+        raise InvalidRequest("ids is required: the vector IDs to read, separated by commas")
+    parts = raw.split(",")
+    if len(parts) > limit:
+        raise InvalidRequest(f"{len(parts)} vector IDs in one read; the limit is {limit}")
+    return list(dict.fromkeys(parse_vector_id(part.strip()) for part in parts))
 
 
 def parse_neighbors(body: Any) -> tuple[int, int, float, int]:
