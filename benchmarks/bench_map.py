@@ -109,6 +109,7 @@ def through_the_service(vectors: NDArray[np.float32], attributes: list[Any]) -> 
             **os.environ,
             "MEDSEARCH_PORT": str(port),
             "MEDSEARCH_MILVUS_URI": uri,
+            "MEDSEARCH_MILVUS_TOKEN": engine.token,
             "MEDSEARCH_SEARCH_MILVUS_TIMEOUT_S": "600",
             "MEDSEARCH_SEARCH_MAP_DIR": str(Path(folder) / "maps"),
         }

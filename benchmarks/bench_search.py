@@ -87,7 +87,7 @@ def main() -> None:
         uri = engine.start()
         engine_start_s = time.perf_counter() - started
         try:
-            with search_service(uri) as base:
+            with search_service(uri, engine.token) as base:
                 result = run(base, uri, engine, vectors, attributes, singles, batch, exact, args)
         finally:
             engine.stop()
@@ -151,12 +151,12 @@ def run(
         response.raise_for_status()
     load_s = time.perf_counter() - started
     print(f"bench-search: {len(vectors)} rows acknowledged in {load_s:.0f} s", flush=True)
-    raw = MilvusClient(uri=uri, timeout=600)
+    raw = MilvusClient(uri=uri, token=engine.token, timeout=600)
     name = collection_name(MODEL_ID)
     started = time.perf_counter()
     raw.flush(name)
     wait_for_index(raw, name, len(vectors))
-    segments = wait_for_loaded_index(uri, name, len(vectors))
+    segments = wait_for_loaded_index(uri, engine.token, name, len(vectors))
     index_s = time.perf_counter() - started
     index = str(raw.describe_index(name, "vector").get("index_type"))
     print(f"bench-search: sealed and indexed ({index}) in {index_s:.0f} s", flush=True)
@@ -321,7 +321,7 @@ def wait_for_index(client: MilvusClient, name: str, rows: int) -> None:
     raise SystemExit("bench-search: the index was not built within an hour")
 
 
-def wait_for_loaded_index(uri: str, name: str, rows: int) -> int:
+def wait_for_loaded_index(uri: str, token: str, name: str, rows: int) -> int:
     """Until the query node serves every row from an indexed segment: right after the index is
     built it may still search a sealed segment by its interim index (lower recall, slower)."""
     import warnings
@@ -329,7 +329,7 @@ def wait_for_loaded_index(uri: str, name: str, rows: int) -> int:
     from pymilvus import connections, utility
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # the ORM: its only segment view
-    connections.connect(alias="bench-search", uri=uri)
+    connections.connect(alias="bench-search", uri=uri, token=token)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -369,12 +369,13 @@ def admits(a: Attributes) -> bool:
 
 
 @contextmanager
-def search_service(uri: str) -> Iterator[str]:
+def search_service(uri: str, token: str) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
         "MEDSEARCH_PORT": str(port),
         "MEDSEARCH_MILVUS_URI": uri,
+        "MEDSEARCH_MILVUS_TOKEN": token,
         "MEDSEARCH_SEARCH_MILVUS_TIMEOUT_S": "600",
     }
     process = subprocess.Popen(

@@ -387,7 +387,7 @@ def cost_at_scale(args: argparse.Namespace, threshold: float) -> dict[str, Any]:
         engine = EmbeddedMilvus(Path(folder) / "milvus", port=free_port())
         uri = engine.start()
         try:
-            with search_service(uri) as base:
+            with search_service(uri, engine.token) as base:
                 session = requests.Session()
                 for start in range(0, len(vectors), 1000):
                     items = [
@@ -400,11 +400,11 @@ def cost_at_scale(args: argparse.Namespace, threshold: float) -> dict[str, Any]:
                     response.raise_for_status()
                 from pymilvus import MilvusClient
 
-                raw = MilvusClient(uri=uri, timeout=600)
+                raw = MilvusClient(uri=uri, token=engine.token, timeout=600)
                 name = collection_name(model_id)
                 raw.flush(name)
                 wait_for_index(raw, name, len(vectors))
-                wait_for_loaded_index(uri, name, len(vectors))
+                wait_for_loaded_index(uri, engine.token, name, len(vectors))
                 raw.close()
                 print("calibrate-duplicates: loaded and indexed; walking", flush=True)
                 times, pairs, scanned = [], 0, 0

@@ -71,6 +71,7 @@ def main() -> int:
         if not env.get("MEDSEARCH_MILVUS_URI"):
             milvus = EmbeddedMilvus(data / "milvus", port=int(env.get("MEDSEARCH_MILVUS_PORT", DEFAULT_PORT)))
             env["MEDSEARCH_MILVUS_URI"] = milvus.start()
+            env["MEDSEARCH_MILVUS_TOKEN"] = milvus.token  # its root password, kept in its folder
             print(f"run: embedded Milvus server in {data / 'milvus'} at {milvus.uri}", flush=True)
         print(f"run: data in {data}; weights {env.get('MEDSEARCH_EMBEDDER_WEIGHTS', 'imagenet')}", flush=True)
 

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -55,8 +56,22 @@ def pseudonym_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         os.environ["MEDSEARCH_CATALOG_PSEUDONYM_KEY_FILE"] = saved
 
 
+@dataclass(frozen=True)
+class MilvusServer:
+    """Where the tests' Milvus server listens, and the `user:password` it asks of clients."""
+
+    host: str
+    port: int
+    token: str
+    folder: Path
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
     """The default engine as `make run` starts it: a real Milvus server process (standalone,
     embedded etcd, local storage) in a temporary folder, shared by every test of the session;
     each test writes under model IDs or into databases of its own."""
@@ -67,7 +82,7 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         engine.start()
     except RuntimeError as exc:
         pytest.fail(str(exc))
-    yield "127.0.0.1", engine.port
+    yield MilvusServer("127.0.0.1", engine.port, engine.token, engine.folder)
     engine.stop()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import fresh_database
+from tests.conftest import MilvusServer, fresh_database
 from tests.support.oidc import provider  # noqa: F401 - a fixture, for this folder's tests
 from tests.support.processes import service_process, wait_ready
 from tests.support.proxy import CuttableProxy
@@ -78,7 +78,7 @@ class Indexed:
 
 @pytest.fixture(scope="session")
 def stack(
-    postgres_admin_url: str, milvus_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactory
+    postgres_admin_url: str, milvus_server: MilvusServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("stack")
     logs = folder / "logs"
@@ -91,7 +91,8 @@ def stack(
             "MEDSEARCH_EMBEDDER_MAX_IMAGE_PIXELS": str(EMBEDDER_MAX_PIXELS),
         },
         "search": {
-            "MEDSEARCH_MILVUS_URI": "http://{}:{}".format(*milvus_server),
+            "MEDSEARCH_MILVUS_URI": milvus_server.uri,
+            "MEDSEARCH_MILVUS_TOKEN": milvus_server.token,
             "MEDSEARCH_SEARCH_MAP_DIR": str(folder / "maps"),
         },
     }

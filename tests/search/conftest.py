@@ -22,14 +22,15 @@ from werkzeug.test import TestResponse
 from medsearch_common.settings import Binding
 from medsearch_search.app import create_app
 from medsearch_search.settings import SearchSettings
+from tests.conftest import MilvusServer
 from tests.support.proxy import CuttableProxy
 
 BACKENDS = ("lite", "server")
 
 
 @pytest.fixture(scope="session")
-def milvus_proxy(milvus_server: tuple[str, int]) -> Iterator[CuttableProxy]:
-    proxy = CuttableProxy(*milvus_server)
+def milvus_proxy(milvus_server: MilvusServer) -> Iterator[CuttableProxy]:
+    proxy = CuttableProxy(milvus_server.host, milvus_server.port)
     proxy.restore()
     yield proxy
     proxy.cut()
@@ -49,9 +50,12 @@ def lite_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
 
 
 @pytest.fixture(scope="session")
-def server_app(milvus_proxy: CuttableProxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+def server_app(
+    milvus_server: MilvusServer, milvus_proxy: CuttableProxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Flask]:
     maps = tmp_path_factory.mktemp("server-maps")
-    app = create_app(search_settings(f"http://127.0.0.1:{milvus_proxy.port}", map_dir=str(maps)))
+    uri = f"http://127.0.0.1:{milvus_proxy.port}"
+    app = create_app(search_settings(uri, milvus_token=milvus_server.token, map_dir=str(maps)))
     yield app
     app.extensions["medsearch_search"].store.close()
 

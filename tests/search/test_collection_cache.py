@@ -20,6 +20,7 @@ from pymilvus import MilvusClient
 
 from medsearch_search.app import create_app
 from medsearch_search.store import collection_name
+from tests.conftest import MilvusServer
 from tests.search.conftest import search_ids, search_settings, unit_vectors, upsert
 
 DIM = 16
@@ -34,14 +35,12 @@ def items(ids: range, dim: int, seed: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def behind_its_back(
-    search: FlaskClient, backend: str, milvus_server: tuple[str, int]
-) -> Iterator[MilvusClient]:
+def behind_its_back(search: FlaskClient, backend: str, milvus_server: MilvusServer) -> Iterator[MilvusClient]:
     """A pymilvus client that is not the service's."""
     if backend == "lite":
         yield search.application.extensions["medsearch_search"].store._connect()
         return
-    client = MilvusClient(uri="http://{}:{}".format(*milvus_server))
+    client = MilvusClient(uri=milvus_server.uri, token=milvus_server.token)
     yield client
     client.close()
 
@@ -86,14 +85,13 @@ def test_a_collection_emptied_behind_its_back_answers_no_hits(
 
 
 def test_a_collection_made_again_with_another_dimension_by_another_replica_is_used(
-    server_app: Flask, model_id: str, milvus_server: tuple[str, int]
+    server_app: Flask, model_id: str, milvus_server: MilvusServer
 ) -> None:
     """Replicas share a Milvus server (Milvus Lite is one process's: it has none)."""
     search = server_app.test_client()
     assert upsert(search, model_id, items(range(1, 6), DIM, seed=4)).status_code == 200
-    uri = "http://{}:{}".format(*milvus_server)
-    other = create_app(search_settings(uri)).test_client()
-    by_hand = MilvusClient(uri=uri)
+    other = create_app(search_settings(milvus_server.uri, milvus_token=milvus_server.token)).test_client()
+    by_hand = MilvusClient(uri=milvus_server.uri, token=milvus_server.token)
     try:
         by_hand.drop_collection(collection_name(model_id))
         narrow = items(range(1, 6), 8, seed=5)

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from medsearch_search.app import create_app
+from tests.conftest import MilvusServer
 from tests.search.conftest import new_model_id, search_settings, unit_vectors, upsert
 from tests.support.processes import free_port
 from tests.support.proxy import CuttableProxy
@@ -23,8 +24,8 @@ DIM = 8
 
 
 @pytest.fixture
-def proxy(milvus_server: tuple[str, int]) -> Iterator[CuttableProxy]:
-    proxy = CuttableProxy(*milvus_server)
+def proxy(milvus_server: MilvusServer) -> Iterator[CuttableProxy]:
+    proxy = CuttableProxy(milvus_server.host, milvus_server.port)
     yield proxy
     proxy.cut()
 
@@ -55,9 +56,10 @@ def close(app: Flask) -> None:
     app.extensions["medsearch_search"].store.close()
 
 
-def test_milvus_gone_is_named_without_its_address(proxy: CuttableProxy) -> None:
+def test_milvus_gone_is_named_without_its_address(proxy: CuttableProxy, milvus_server: MilvusServer) -> None:
     proxy.restore()
-    app = create_app(search_settings(f"http://127.0.0.1:{proxy.port}", milvus_timeout_s=2))
+    uri = f"http://127.0.0.1:{proxy.port}"
+    app = create_app(search_settings(uri, milvus_token=milvus_server.token, milvus_timeout_s=2))
     client = app.test_client()
     model_id = new_model_id()
     try:

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from medsearch_search.app import create_app
+from tests.conftest import MilvusServer
 from tests.search.conftest import new_model_id, search_ids, search_settings, unit_vectors, upsert
 from tests.support.proxy import CuttableProxy
 
@@ -29,8 +30,8 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def proxy(milvus_server: tuple[str, int]) -> Iterator[CuttableProxy]:
-    proxy = CuttableProxy(*milvus_server)
+def proxy(milvus_server: MilvusServer) -> Iterator[CuttableProxy]:
+    proxy = CuttableProxy(milvus_server.host, milvus_server.port)
     yield proxy
     proxy.cut()
 
@@ -77,13 +78,14 @@ def items(ids: range, seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def seed_model(milvus_server: tuple[str, int], model_id: str, stored: list[dict[str, Any]]) -> None:
+def seed_model(milvus_server: MilvusServer, model_id: str, stored: list[dict[str, Any]]) -> None:
     """The model's collection with `stored` in it, made straight on the server with a patient timeout.
 
     Seeded apart from the app under test, so that the outage tests start from known data.
     """
-    host, port = milvus_server
-    app = create_app(search_settings(f"http://{host}:{port}", milvus_timeout_s=30))
+    app = create_app(
+        search_settings(milvus_server.uri, milvus_token=milvus_server.token, milvus_timeout_s=30)
+    )
     try:
         client = app.test_client()
         wait_until_ready(client)
@@ -115,13 +117,17 @@ def assert_not_ready_because_of_milvus(client: FlaskClient) -> None:
 
 
 def test_milvus_outage_gives_503_naming_milvus_and_recovers_without_restart(
-    milvus_server: tuple[str, int], proxy: CuttableProxy
+    milvus_server: MilvusServer, proxy: CuttableProxy
 ) -> None:
     model_id = new_model_id()
     first, second = items(range(1, 21), seed=1), items(range(21, 41), seed=2)
     seed_model(milvus_server, model_id, first)
     proxy.restore()
-    app = create_app(search_settings(f"http://127.0.0.1:{proxy.port}", milvus_timeout_s=2))
+    app = create_app(
+        search_settings(
+            f"http://127.0.0.1:{proxy.port}", milvus_token=milvus_server.token, milvus_timeout_s=2
+        )
+    )
     client = app.test_client()
     try:
         wait_until_ready(client)
@@ -163,13 +169,17 @@ def test_milvus_outage_gives_503_naming_milvus_and_recovers_without_restart(
 
 
 def test_service_started_while_milvus_is_unreachable_serves_once_it_comes(
-    milvus_server: tuple[str, int], proxy: CuttableProxy
+    milvus_server: MilvusServer, proxy: CuttableProxy
 ) -> None:
     model_id = new_model_id()
     stored = items(range(1, 11), seed=4)
     seed_model(milvus_server, model_id, stored)
     # The proxy is not listening yet: Milvus is unreachable while the app starts.
-    app = create_app(search_settings(f"http://127.0.0.1:{proxy.port}", milvus_timeout_s=2))
+    app = create_app(
+        search_settings(
+            f"http://127.0.0.1:{proxy.port}", milvus_token=milvus_server.token, milvus_timeout_s=2
+        )
+    )
     client = app.test_client()
     try:
         assert answer(lambda: client.get("/healthz")).status_code == 200

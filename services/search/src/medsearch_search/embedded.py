@@ -11,6 +11,12 @@ machine would collide. Here the etcd ports are chosen free on the first start an
 folder (`ports.json`), so that a restart finds its etcd member where it left it. A previous
 engine of the same folder that outlived its parent (a kill -9 of `make run`) is stopped first:
 it holds the folder's RocksDB lock.
+
+Authentication is on. Milvus 2.3 binds its proxy (and its internal ports) on every network
+interface, whatever its configured address, so without it anyone who can reach the machine
+could read every vector and its attributes (patient IDs among them). Milvus creates its `root`
+user with the well-known password `Milvus`; the first start replaces it with a random one kept
+in the folder (`root-password`, readable by its owner only), and `token` is what a client sends.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import time
 from pathlib import Path
 from typing import Any
+
+import grpc
+from pymilvus import MilvusClient
+from pymilvus.exceptions import MilvusException
 
 DEFAULT_PORT = 19530
 _START_TIMEOUT_MS = 180_000
@@ -46,6 +57,9 @@ ENGINE_CONFIG: dict[str, Any] = {
     "dataCoord.segment.maxSize": SEGMENT_MAX_MB,
     "dataCoord.segment.sealProportion": SEGMENT_SEAL_PROPORTION,
 }
+ROOT_USER = "root"
+MILVUS_DEFAULT_PASSWORD = "Milvus"  # noqa: S105 (Milvus's own, replaced at the first start)
+PASSWORD_FILE = "root-password"  # noqa: S105 (a file name)
 
 
 def _free_port() -> int:
@@ -86,6 +100,7 @@ class EmbeddedMilvus:
         self.folder = folder.resolve()
         self.requested_port = port
         self._server: Any = None
+        self._password: str | None = None
 
     @property
     def port(self) -> int:
@@ -96,6 +111,13 @@ class EmbeddedMilvus:
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        """`user:password`, what a client sends (MEDSEARCH_MILVUS_TOKEN for the search service)."""
+        if self._password is None:
+            raise RuntimeError("the embedded Milvus server is not running")
+        return f"{ROOT_USER}:{self._password}"
 
     @property
     def pid(self) -> int | None:
@@ -122,6 +144,7 @@ class EmbeddedMilvus:
         server.config.set("etcd_port", etcd["client"])
         # The package binds the first free port from the one given: say so if it moved.
         server.config.set("proxy_port", self.requested_port)
+        server.config.set("authorization_enabled", True)
         for key, value in ENGINE_CONFIG.items():
             server.config.set(key, value)
         # Its port probe ignores SO_REUSEADDR, so a port in TIME_WAIT would seem taken and the
@@ -150,6 +173,11 @@ class EmbeddedMilvus:
         if server.server_proc.poll() is not None:
             self._server = None
             raise RuntimeError(f"the embedded Milvus server exited at start; see {self.folder / 'logs'}")
+        try:
+            self._password = self._own_password()
+        except RuntimeError:
+            self.stop()
+            raise
         return self.uri
 
     def stop(self) -> None:
@@ -175,6 +203,46 @@ class EmbeddedMilvus:
             self._server.server_proc.kill()
             self._server.server_proc.wait(timeout=10)
         self.stop()
+
+    def _own_password(self) -> str:
+        """The root password of this folder, set in Milvus in place of the default if not yet.
+        The file is written before Milvus is changed, so a crash between the two leaves the
+        default in place and the next start finishes the change."""
+        path = self.folder / PASSWORD_FILE
+        stored = path.read_text(encoding="ascii").strip() if path.exists() else None
+        if stored and self._accepts(stored):
+            return stored
+        password = stored or secrets.token_urlsafe(24)
+        if not stored:
+            written = path.with_suffix(".new")
+            written.unlink(missing_ok=True)
+            with os.fdopen(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+                file.write(password + "\n")
+            written.replace(path)
+        if not self._accepts(MILVUS_DEFAULT_PASSWORD):
+            raise RuntimeError(
+                f"the embedded Milvus of {self.folder} accepts neither the password in {path} nor"
+                " Milvus's default: was its root password changed by hand? Put it in that file."
+            )
+        client = MilvusClient(uri=self.uri, token=f"{ROOT_USER}:{MILVUS_DEFAULT_PASSWORD}", timeout=30)
+        try:
+            client.update_password(ROOT_USER, MILVUS_DEFAULT_PASSWORD, password, timeout=30)
+        finally:
+            client.close()
+        return password
+
+    def _accepts(self, password: str) -> bool:
+        try:
+            client = MilvusClient(uri=self.uri, token=f"{ROOT_USER}:{password}", timeout=30)
+        except MilvusException:
+            return False
+        try:
+            client.list_collections(timeout=30)
+        except (MilvusException, grpc.RpcError):
+            return False
+        finally:
+            client.close()
+        return True
 
     def _etcd_ports(self) -> dict[str, int]:
         path = self.folder / "ports.json"
