@@ -9,30 +9,17 @@ from typing import Any, cast
 
 import pytest
 
-from medsearch_client.cli import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    Job,
-    Outcome,
-    Tally,
+from medsearch_client.admin import (
     audit,
-    batches,
-    build_parser,
-    describe_failure,
     format_audit,
-    format_results,
     format_tokens,
-    main,
-    outcome_of,
-    report,
-    run_jobs,
     token_state,
     tokens_create,
     tokens_list,
     tokens_revoke,
 )
+from medsearch_client.batch import Job, Outcome, Tally, describe_failure, outcome_of, report, run_jobs
+from medsearch_client.cli import batches, build_parser, format_results, main
 from medsearch_client.client import (
     ApiToken,
     AuditEvent,
@@ -43,6 +30,7 @@ from medsearch_client.client import (
     SearchHit,
 )
 from medsearch_client.sources import IngestItem
+from medsearch_client.terminal import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 # Nothing listens here: a test that reached the network would fail, not pass.
 NOWHERE = "http://127.0.0.1:9"

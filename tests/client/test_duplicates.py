@@ -13,8 +13,9 @@ from typing import Any, cast
 import pytest
 
 from medsearch_client import duplicates as near
-from medsearch_client.cli import EXIT_USAGE, main
+from medsearch_client.cli import main
 from medsearch_client.client import DuplicatePair, Duplicates, Image, ImageMetadata
+from medsearch_client.terminal import EXIT_USAGE
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens: a test that reached the network would fail
 

@@ -21,8 +21,8 @@ import pytest
 import requests
 from PIL import Image
 
-from medsearch_client.cli import EXIT_FAILED, EXIT_OK
 from medsearch_client.client import TOKEN_ENV, TOKEN_FILE_ENV
+from medsearch_client.terminal import EXIT_FAILED, EXIT_OK
 from tests.gateway.conftest import HTTP_TIMEOUT_S, Stack, medsearch
 
 pytestmark = pytest.mark.integration

@@ -4,6 +4,10 @@ MedSearch gateway, and for an admin its API tokens and audit trail.
 Exit status: 0 when everything worked; 1 when an image or a call failed (each failure is
 listed); 2 when the command line or the CSV is wrong (nothing was sent); 3 when `verify
 --dry-run` found the catalog and the search service disagreeing; 130 when interrupted.
+
+Here: the command line and the collection's commands. Beside it: `batch` (many images' requests
+at once, as ingest and reindex send them), `admin` (API tokens, the audit trail) and `terminal`
+(what they share: exit statuses, tables, times, files written whole).
 """
 
 from __future__ import annotations
@@ -13,37 +17,44 @@ import json
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
 from functools import partial
-from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tqdm import tqdm
 
 from medsearch_client import duplicates as near
 from medsearch_client import harness
+from medsearch_client.admin import (
+    AUDIT_ACTIONS,
+    DEFAULT_AUDIT_LIMIT,
+    audit,
+    tokens_create,
+    tokens_list,
+    tokens_revoke,
+)
+from medsearch_client.batch import (
+    Job,
+    Result,
+    describe_failure,
+    report,
+    run_jobs,
+    single,
+)
 from medsearch_client.client import (
     DEFAULT_URL,
     ROLES,
-    TOKEN_ENV,
     URL_ENV,
-    ApiToken,
-    AuditEvent,
-    AuditFilter,
     Duplicates,
     GatewayClient,
     GatewayError,
     Image,
-    Indexed,
     SearchHit,
     Verification,
-    default_token_file,
     find_token,
 )
 from medsearch_client.evaluation import (
@@ -56,17 +67,20 @@ from medsearch_client.evaluation import (
 from medsearch_client.harness import EvaluationError
 from medsearch_client.report import headline, write_report
 from medsearch_client.sources import FORMATS, IngestItem, SourceError, SourceOptions, read_source
+from medsearch_client.terminal import (
+    EXIT_DRIFT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    aligned,
+    parse_time,
+    write_whole,
+)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_DRIFT = 3
-EXIT_INTERRUPTED = 130
 # An ingest waits for the embedder, which may be busy with other uploads: be patient.
 DEFAULT_TIMEOUT_S = 300.0
-# After this many images in a row failed with the gateway saying a service is down (each
-# after its retries), the rest are not tried: re-running resumes where this stopped.
-OUTAGE_LIMIT = 10
 # Images per ingest request: the gateway takes up to 32; its upload limit (64 MiB by
 # default) bounds the bytes of one request.
 MAX_BATCH_SIZE = 32
@@ -84,175 +98,6 @@ MAX_NEIGHBORS = 50  # the gateway's limit on k
 DUPLICATE_FORMATS = ("csv", "json")
 # Drifted image IDs listed by name; the summary counts them all.
 LISTED_DRIFT = 20
-# The audit trail's actions, as the gateway records them.
-AUDIT_ACTIONS = (
-    "search",
-    "similar",
-    "view_image",
-    "browse",
-    "add_image",
-    "delete_image",
-    "reindex",
-    "sign_in",
-    "sign_out",
-    "token_create",
-    "token_revoke",
-    "refused",
-    "audit_read",
-)
-DEFAULT_AUDIT_LIMIT = 50
-MAX_AUDIT_PAGE = 1000  # the gateway's largest page
-# Result IDs an audit table shows per event; --json and --csv have them all.
-AUDIT_TABLE_RESULT_IDS = 5
-
-
-class Outcome(Enum):
-    NEW = "new"
-    COMPLETED = "completed"
-    ALREADY_INDEXED = "already indexed"
-
-
-def outcome_of(result: Indexed) -> Outcome:
-    """New bytes (201); stored before but now indexed for the first time; or nothing to do."""
-    if result.already_indexed:
-        return Outcome.ALREADY_INDEXED
-    return Outcome.NEW if result.created else Outcome.COMPLETED
-
-
-def describe_failure(error: GatewayError) -> str:
-    """The gateway's own explanation, its status, the service it named, and what was kept."""
-    notes = [f"HTTP {error.status}" if error.status is not None else "no answer"]
-    if error.dependency:
-        notes[0] += f", {error.dependency}"
-    if error.image_id is not None:
-        notes.append(f"image {error.image_id} {error.problem.get('index_state') or 'pending'}")
-    described = f"{error.detail} ({'; '.join(notes)})"
-    if error.status == 401:
-        described += (
-            f"; sign in with an API token in {TOKEN_ENV} or the file {default_token_file()}"
-            " (`make run` writes one there; an admin makes more with `medsearch tokens create`)"
-        )
-    return described
-
-
-@dataclass
-class Tally:
-    """What a batch did, counted as results arrive."""
-
-    counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
-    not_tried: int = 0
-    interrupted: bool = False
-    outage_streak: int = 0
-
-    def add(self, outcome: Outcome) -> None:
-        self.counts[outcome] += 1
-        self.outage_streak = 0
-
-    def fail(self, what: str, why: str, *, outage: bool = False) -> None:
-        self.failures.append((what, why))
-        self.outage_streak = self.outage_streak + 1 if outage else 0
-
-    @property
-    def failed(self) -> int:
-        return len(self.failures)
-
-    def summary(self) -> str:
-        """`N new, M completed, K already indexed, F failed`."""
-        return (
-            f"{self.counts[Outcome.NEW]} new, {self.counts[Outcome.COMPLETED]} completed, "
-            f"{self.counts[Outcome.ALREADY_INDEXED]} already indexed, {self.failed} failed"
-        )
-
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failures or self.not_tried else EXIT_OK
-
-
-# What one image of a job came to: indexed, or why not (the gateway's answer, or a file
-# that could not be read).
-Result = Indexed | GatewayError | OSError
-
-
-@dataclass(frozen=True)
-class Job:
-    """Images sent in one request: `names` say how failures name them (files, image IDs),
-    and `run` gives one result per name, in order."""
-
-    names: list[str]
-    run: Callable[[], Sequence[Result]]
-
-
-def single(name: str, call: Callable[[], Indexed]) -> Job:
-    """A job of one image and one call."""
-    return Job([name], lambda: [call()])
-
-
-def run_jobs(jobs: Sequence[Job], concurrency: int, description: str) -> Tally:
-    """Run the jobs on `concurrency` threads with a progress bar on stderr. Only a few jobs
-    are queued ahead of the workers, so an outage or Ctrl-C stops the batch promptly."""
-    tally = Tally()
-    queue = iter(jobs)
-    running: dict[Future[Sequence[Result]], Job] = {}
-    total = sum(len(job.names) for job in jobs)
-    with (
-        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="medsearch") as pool,
-        tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None) as bar,
-    ):
-        try:
-            for job in islice(queue, 2 * concurrency):
-                running[pool.submit(job.run)] = job
-            while running and tally.outage_streak < OUTAGE_LIMIT:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = running.pop(future)
-                    _record(tally, job, future)
-                    bar.update(len(job.names))
-                bar.set_postfix_str(tally.summary(), refresh=False)
-                for job in islice(queue, len(done)):
-                    running[pool.submit(job.run)] = job
-        except KeyboardInterrupt:
-            tally.interrupted = True
-        for future in running:
-            future.cancel()
-    # Leaving the pool waited for the jobs that were already running: count what they did.
-    for future, job in running.items():
-        if future.cancelled():
-            tally.not_tried += len(job.names)
-        else:
-            _record(tally, job, future)
-    tally.not_tried += sum(len(job.names) for job in queue)
-    return tally
-
-
-def _record(tally: Tally, job: Job, future: Future[Sequence[Result]]) -> None:
-    try:
-        results: Sequence[Result] = future.result()
-    except (GatewayError, OSError) as exc:
-        results = [exc] * len(job.names)  # the whole request failed: each image with it
-    for name, result in zip(job.names, results, strict=True):
-        if isinstance(result, GatewayError):
-            tally.fail(name, describe_failure(result), outage=result.retryable)
-        elif isinstance(result, OSError):
-            tally.fail(name, f"cannot read the file: {result.strerror or result}")
-        else:
-            tally.add(outcome_of(result))
-
-
-def report(tally: Tally) -> int:
-    """The summary line on stdout, then each failure on stderr; the exit code."""
-    print(tally.summary(), flush=True)
-    for what, why in tally.failures:
-        print(f"failed: {what}: {why}", file=sys.stderr)
-    if tally.interrupted or tally.not_tried:
-        reason = (
-            "interrupted"
-            if tally.interrupted
-            else f"stopped after {OUTAGE_LIMIT} images in a row failed with a service down"
-        )
-        print(f"{reason}; {tally.not_tried} not tried: run the same command again to resume", file=sys.stderr)
-    return tally.exit_code()
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -613,178 +458,6 @@ def stats(args: argparse.Namespace, client: GatewayClient) -> int:
     return EXIT_OK
 
 
-def tokens_create(args: argparse.Namespace, client: GatewayClient) -> int:
-    created = client.create_token(args.name, args.role, expires_at=args.expires_at)
-    token = created["token"]
-    # The secret alone on stdout, so that `$(medsearch tokens create …)` captures it.
-    print(created["secret"], flush=True)
-    expires = f"expires {_when(token['expires_at'])} UTC" if token["expires_at"] else "never expires"
-    print(
-        f"created token {token['id']} {token['name']!r} ({token['role']}, {expires}); its secret, "
-        f"above, is shown only this once: keep it (in {TOKEN_ENV} or the file {default_token_file()})",
-        file=sys.stderr,
-    )
-    return EXIT_OK
-
-
-def tokens_list(args: argparse.Namespace, client: GatewayClient) -> int:
-    tokens = client.list_tokens()
-    if args.json:
-        print(json.dumps({"items": tokens}, indent=2))
-    elif tokens:
-        print(format_tokens(tokens, datetime.now(UTC)))
-    else:
-        print("no API tokens", file=sys.stderr)
-    return EXIT_OK
-
-
-def tokens_revoke(args: argparse.Namespace, client: GatewayClient) -> int:
-    client.revoke_token(args.id)
-    print(f"revoked token {args.id}")
-    return EXIT_OK
-
-
-def audit(args: argparse.Namespace, client: GatewayClient) -> int:
-    where = AuditFilter(
-        actor=args.actor, action=args.action, image_id=args.image_id, since=args.since, until=args.until
-    )
-    if args.csv is not None:
-        if args.limit is not None:
-            raise UsageError(
-                "--csv exports every event that matches: narrow it with the filters, not --limit"
-            )
-        return export_audit(client, where, args.csv)
-    limit = args.limit or DEFAULT_AUDIT_LIMIT
-    events: list[AuditEvent] = []
-    cursor: str | None = None
-    while len(events) < limit:
-        page = client.audit_page(where, limit=min(limit - len(events), MAX_AUDIT_PAGE), cursor=cursor)
-        events.extend(page["items"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
-    if args.json:
-        for event in events:
-            print(json.dumps(event))
-    elif events:
-        print(format_audit(events))
-    else:
-        print("no audit events match", file=sys.stderr)
-    if cursor:
-        print(
-            f"the newest {len(events)} events shown; more match: raise --limit, narrow with "
-            "--since/--until, or export them all with --csv FILE",
-            file=sys.stderr,
-        )
-    return EXIT_OK
-
-
-def export_audit(client: GatewayClient, where: AuditFilter, target: str) -> int:
-    """The audit trail's CSV into `target` ("-": stdout). A file appears whole or not at all:
-    the CSV goes to a temporary file beside it, renamed when the last byte is in."""
-    if target == "-":
-        client.audit_csv(sys.stdout.buffer, where)
-        sys.stdout.flush()
-        return EXIT_OK
-    path = Path(target)
-    try:
-        written = write_whole(path, lambda out: client.audit_csv(out, where))
-    except OSError as exc:  # the disk, not the gateway: its failures are GatewayErrors
-        print(f"medsearch: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"wrote the audit trail to {path} ({written} bytes of CSV)", file=sys.stderr)
-    return EXIT_OK
-
-
-def write_whole(path: Path, write: Callable[[IO[bytes]], int]) -> int:
-    """What `write` writes, into `path`, whole or not at all: into a temporary file beside it,
-    renamed when the last byte is in (a failure midway leaves no file, or the old one). Made
-    0600: an audit trail or a list of duplicates names patients' images. What `write` returned."""
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder: name the file to write")
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            written = write(out)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return written
-
-
-def format_tokens(tokens: Sequence[ApiToken], now: datetime) -> str:
-    """API tokens as an aligned text table, one line per token, times in UTC."""
-    rows = [("id", "name", "role", "state", "created", "expires", "last used")]
-    for token in tokens:
-        rows.append(
-            (
-                str(token["id"]),
-                token["name"],
-                token["role"],
-                token_state(token, now),
-                _when(token["created_at"]),
-                _when(token["expires_at"]) if token["expires_at"] else "never",
-                _when(token["last_used_at"]) if token["last_used_at"] else "never",
-            )
-        )
-    return _aligned(rows, right=1)
-
-
-def token_state(token: ApiToken, now: datetime) -> str:
-    """`revoked`, `expired` or `active`."""
-    if token["revoked_at"]:
-        return "revoked"
-    expires = _parse_time(token["expires_at"]) if token["expires_at"] else None
-    return "expired" if expires is not None and expires <= now else "active"
-
-
-def format_audit(events: Sequence[AuditEvent]) -> str:
-    """Audit events as an aligned text table, one line per event, newest first, times in UTC."""
-    rows = [("id", "at (UTC)", "actor", "role", "action", "outcome", "image", "results", "detail")]
-    for event in events:
-        ids = event["result_ids"]
-        if ids is None:
-            results = "-"
-        else:
-            results = " ".join(str(i) for i in ids[:AUDIT_TABLE_RESULT_IDS]) or "(none)"
-            if len(ids) > AUDIT_TABLE_RESULT_IDS:
-                results += f" +{len(ids) - AUDIT_TABLE_RESULT_IDS} more"
-        rows.append(
-            (
-                str(event["id"]),
-                _when(event["at"]),
-                event["actor"],
-                event["role"] or "-",
-                event["action"],
-                event["outcome"],
-                "-" if event["image_id"] is None else str(event["image_id"]),
-                results,
-                event["detail"] or "",
-            )
-        )
-    return _aligned(rows, right=1)
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _when(text: str | None) -> str:
-    """An ISO 8601 time from the gateway, in UTC to the second; as sent when it is not one."""
-    if not text:
-        return "-"
-    parsed = _parse_time(text)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if parsed else text
-
-
 def format_results(hits: Sequence[SearchHit]) -> str:
     """Search results as an aligned text table, one line per hit, best first."""
     header = ("rank", "score", "id", "external_id", "dataset", "patient", "age/sex/view", "findings")
@@ -806,20 +479,7 @@ def format_results(hits: Sequence[SearchHit]) -> str:
                 ", ".join(meta.get("findings") or []) or "(none)",
             )
         )
-    return _aligned(rows, right=3)  # rank, score and id are right-aligned
-
-
-def _aligned(rows: Sequence[Sequence[str]], *, right: int) -> str:
-    """Rows of cells as text columns two spaces apart: the first `right` columns (numbers)
-    right-aligned, the others left-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(
-            cell.rjust(width) if i < right else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    )
+    return aligned(rows, right=3)  # rank, score and id are right-aligned
 
 
 def _active_model(client: GatewayClient) -> str:
@@ -835,10 +495,6 @@ def _image_name(image: Image) -> str:
 
 
 # -- the command line ---------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """The command line asks for something that cannot be done; nothing was sent."""
 
 
 def _region(text: str) -> tuple[int, int, int, int]:
@@ -929,7 +585,7 @@ def _positive_float(text: str) -> float:
 
 
 def _iso_time(text: str) -> str:
-    if _parse_time(text) is None:
+    if parse_time(text) is None:
         raise argparse.ArgumentTypeError(
             f"expected an ISO 8601 time such as 2026-07-01T09:00:00+02:00 or 2026-07-01, got {text!r}"
         )
