@@ -24,9 +24,9 @@ from medsearch_client.evaluation import (
     random_average_precision_at_k,
     random_modified_precision_at_k,
     random_precision_at_k,
-    render_markdown,
     same_patient_recall,
 )
+from medsearch_client.report import render_markdown
 
 
 def image(image_id: int, *labels: str, patient: str | None = "") -> LabelledImage:
