@@ -8,11 +8,11 @@ replicas share it through the variable (or one file), never each making its own.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from pathlib import Path
 
 from medsearch_catalog.settings import MIN_PSEUDONYM_KEY_CHARS
+from medsearch_common.secret_file import create_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +38,11 @@ def load_pseudonym_key(given: str | None, path: Path) -> tuple[bytes | None, str
 
 
 def _make(path: Path) -> str:
-    """A new key in a new file (mode 0600), written whole before it appears; when another
-    process made it first, theirs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A new key in a new file (mode 0600); when another process made it first, theirs."""
     key = secrets.token_hex(32)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(key + "\n")
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return path.read_text(encoding="utf-8").strip()
-    finally:
-        temporary.unlink(missing_ok=True)
+    made = create_secret_file(path, key)
+    if made != key:
+        return made
     log.warning(
         "made a new pseudonym key for DICOM patient IDs; keep it (a new key gives every patient a new"
         " pseudonym) and give every catalog process the same one",

@@ -35,6 +35,8 @@ import grpc
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from medsearch_common.secret_file import create_secret_file
+
 DEFAULT_PORT = 19530
 _START_TIMEOUT_MS = 180_000
 _STOP_GRACE_S = 15.0
@@ -60,6 +62,22 @@ ENGINE_CONFIG: dict[str, Any] = {
 ROOT_USER = "root"
 MILVUS_DEFAULT_PASSWORD = "Milvus"  # noqa: S105 (Milvus's own, replaced at the first start)
 PASSWORD_FILE = "root-password"  # noqa: S105 (a file name)
+
+
+def accepts(uri: str, token: str) -> bool:
+    """Whether the Milvus server at `uri` lets a client with this token ("" for none) list
+    its collections."""
+    try:
+        client = MilvusClient(uri=uri, token=token, timeout=30)
+    except MilvusException:
+        return False
+    try:
+        client.list_collections(timeout=30)
+    except (MilvusException, grpc.RpcError):
+        return False
+    finally:
+        client.close()
+    return True
 
 
 def _free_port() -> int:
@@ -212,13 +230,7 @@ class EmbeddedMilvus:
         stored = path.read_text(encoding="ascii").strip() if path.exists() else None
         if stored and self._accepts(stored):
             return stored
-        password = stored or secrets.token_urlsafe(24)
-        if not stored:
-            written = path.with_suffix(".new")
-            written.unlink(missing_ok=True)
-            with os.fdopen(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
-                file.write(password + "\n")
-            written.replace(path)
+        password = stored or create_secret_file(path, secrets.token_urlsafe(24))
         if not self._accepts(MILVUS_DEFAULT_PASSWORD):
             raise RuntimeError(
                 f"the embedded Milvus of {self.folder} accepts neither the password in {path} nor"
@@ -232,17 +244,7 @@ class EmbeddedMilvus:
         return password
 
     def _accepts(self, password: str) -> bool:
-        try:
-            client = MilvusClient(uri=self.uri, token=f"{ROOT_USER}:{password}", timeout=30)
-        except MilvusException:
-            return False
-        try:
-            client.list_collections(timeout=30)
-        except (MilvusException, grpc.RpcError):
-            return False
-        finally:
-            client.close()
-        return True
+        return accepts(self.uri, f"{ROOT_USER}:{password}")
 
     def _etcd_ports(self) -> dict[str, int]:
         path = self.folder / "ports.json"

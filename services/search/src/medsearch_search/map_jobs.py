@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
@@ -296,27 +297,24 @@ class MapJobs:
     def _write_map(self, collection: Collection, stored: StoredMap) -> None:
         findings = [finding for entry in stored.attributes.findings for finding in entry]
         offsets = np.cumsum([0, *(len(entry) for entry in stored.attributes.findings)])
-        path = self._path(collection, "map.npz")
-        partial = path.with_name(path.name + ".partial")
-        with open(partial, "wb") as out:
-            np.savez(
-                out,
-                meta=np.array(json.dumps(stored.meta)),
-                ids=stored.ids,
-                xy=stored.xy,
-                dataset=np.array(stored.attributes.dataset, dtype=str),
-                sex=np.array(stored.attributes.sex, dtype=str),
-                view_position=np.array(stored.attributes.view_position, dtype=str),
-                age=np.array(
-                    [UNKNOWN_AGE if age is None else age for age in stored.attributes.age], dtype=np.int32
-                ),
-                findings=np.array(findings, dtype=str),
-                finding_offsets=offsets.astype(np.int64),
-            )
-        partial.replace(path)
+        out = io.BytesIO()  # a few MB at 112k points
+        np.savez(
+            out,
+            meta=np.array(json.dumps(stored.meta)),
+            ids=stored.ids,
+            xy=stored.xy,
+            dataset=np.array(stored.attributes.dataset, dtype=str),
+            sex=np.array(stored.attributes.sex, dtype=str),
+            view_position=np.array(stored.attributes.view_position, dtype=str),
+            age=np.array(
+                [UNKNOWN_AGE if age is None else age for age in stored.attributes.age], dtype=np.int32
+            ),
+            findings=np.array(findings, dtype=str),
+            finding_offsets=offsets.astype(np.int64),
+        )
+        _write_atomically(self._path(collection, "map.npz"), out.getvalue())
 
     def _path(self, collection: Collection, suffix: str) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         return self.folder / f"{collection.name}.{suffix}"
 
     def _is_running(self, model_id: str) -> bool:
@@ -335,6 +333,7 @@ def _attributes(rows: list[Attributes]) -> PointAttributes:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(data)
     partial.replace(path)

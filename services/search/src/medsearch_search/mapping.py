@@ -172,10 +172,8 @@ def _coded_lists(column: Sequence[Sequence[str]]) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> int:
     source, target = argv
-    xy = layout(np.load(source))
-    partial = Path(target).with_suffix(".partial.npy")
-    np.save(partial, xy)
-    partial.replace(target)
+    # No rename needed: the parent reads the file only after a clean exit.
+    np.save(target, layout(np.load(source)))
     return 0
 
 
